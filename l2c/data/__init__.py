@@ -1,0 +1,1 @@
+"""Datasets: MNIST (bundled default), image folders (ImageNet layout), test fixtures."""

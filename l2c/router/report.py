@@ -1,0 +1,82 @@
+"""Human-readable views of a router / plan: per-step table, JSON summary with MACs, heat-map PNG."""
+
+from __future__ import annotations
+
+import torch
+
+from ..cache.macs import MacProfile
+from ..cache.plan import CachePlan
+from .router import Router
+
+
+def router_summary(router: Router, threshold: float, macs: MacProfile | None = None) -> dict:
+    """Executed counts over the router's cache steps (the paper's "active layers"), per step, and MACs per image."""
+    plan = router.to_plan(threshold)
+    summary = plan.summary(router.cache_steps)
+    per_step_all = plan.executed_per_step()
+    summary.update(
+        threshold=threshold,
+        num_steps=router.num_steps,
+        cache_steps=router.cache_steps,
+        per_step=[per_step_all[s] for s in router.cache_steps],
+        per_step_all=per_step_all,
+        executed_all=int(plan.compute.sum()),
+        total_all=int(plan.compute.numel()),
+    )
+    summary["removed_ratio"] = 1 - summary["executed"] / summary["total"]
+    if macs is not None:
+        summary.update(plan_macs(plan, macs))
+    return summary
+
+
+def plan_macs(plan: CachePlan, macs: MacProfile) -> dict:
+    """MACs per generated image for the whole run: one model call per evaluation, batch 1 (the paper's counting)."""
+    rows = plan.compute.tolist()
+    out = {}
+    for convention, suffix in (("paper", "paper"), ("analytic", "analytic")):
+        out[f"macs_{suffix}"] = sum(macs.per_evaluation(r, convention) for r in rows)
+        out[f"macs_full_{suffix}" if suffix != "paper" else "macs_full"] = macs.full(convention) * plan.num_steps
+    out["mac_speedup"] = out["macs_full"] / out["macs_paper"]
+    return out
+
+
+def format_table(summary: dict, labels: list[str] | None = None) -> str:
+    lines = [f"{'step':>5} {'label':>8} {'executed':>9}"]
+    for s, n in zip(summary["cache_steps"], summary["per_step"]):
+        label = labels[s] if labels else ""
+        lines.append(f"{s:>5} {label:>8} {n:>9}")
+    L = summary["total"] // max(len(summary["cache_steps"]), 1)
+    lines.append(
+        f"cache steps: {len(summary['cache_steps'])} x {L} sub-layers; executed {summary['executed']}/{summary['total']}"
+        f" (attention {summary['executed_attn']}/{summary['total_attn']}, MLP {summary['executed_mlp']}/"
+        f"{summary['total_mlp']}); removed {100 * summary['removed_ratio']:.2f}% at θ = {summary['threshold']}"
+    )
+    if "macs_paper" in summary:
+        lines.append(f"MACs per image (Linear/Conv, paper convention): {summary['macs_paper'] / 1e9:.2f} G of "
+                     f"{summary['macs_full'] / 1e9:.2f} G ({summary['mac_speedup']:.2f}x fewer)")
+    return "\n".join(lines)
+
+
+def plot_router(router: Router, threshold: float, path, title: str = "") -> None:
+    """Heat-map of sigmoid scores (cache steps x blocks), attention and MLP side by side; dots = executed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = router.cache_steps
+    scores = torch.sigmoid(router.logits.detach()[steps]).numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * len(steps) + 2), sharey=True)
+    for ax, branch, name in zip(axes, (0, 1), ("attention", "MLP")):
+        s = scores[:, branch::2]
+        im = ax.imshow(s, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
+        ys, xs = (s > threshold).nonzero()
+        ax.scatter(xs, ys, s=6, c="white", marker="o", linewidths=0)
+        ax.set(title=f"{name} (dot = executed, θ = {threshold})", xlabel="block")
+        ax.set_yticks(range(len(steps)), [str(x) for x in steps])
+    axes[0].set_ylabel("cache step (sampling order)")
+    fig.colorbar(im, ax=axes, fraction=0.02, label="sigmoid(router logit)")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

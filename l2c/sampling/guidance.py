@@ -1,0 +1,53 @@
+"""Classifier-free guidance (Ho & Salimans 2022) in the two forms the L2C models use.
+
+`scale` is the usual weight w: ε = ε_u + w (ε_c - ε_u); w = 1 is no guidance. (U-ViT's config writes
+ε_c + s (ε_c - ε_u) with s = 0.4, i.e. w = 1 + s = 1.4.)
+
+* Batched (DiT): one forward on the doubled batch [x_c; x_u] with labels [y; null]. As upstream, only the first
+  `guided_channels` output channels are guided (DiT's 3-channel quirk for 4-channel latents); the rest pass through
+  per half. The sampler state is therefore the doubled batch: start from [z; z] and keep the first half at the end.
+* Separate (U-ViT): two forwards per evaluation, conditional first, then unconditional.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def conditional_denoiser(model: Model, y: torch.Tensor):
+    """No guidance: denoise(x, t, step) = model(x, t, y)."""
+
+    def denoise(x, t, step):
+        return model(x, t, y)
+
+    return denoise
+
+
+def batched_cfg_denoiser(model: Model, y: torch.Tensor, scale: float, null_class: int, guided_channels: int):
+    """DiT's forward_with_cfg: x, t hold 2N rows [cond half; uncond half]; returns 2N rows."""
+    y2 = torch.cat([y, torch.full_like(y, null_class)])
+
+    def denoise(x, t, step):
+        out = model(x, t, y2)
+        eps, rest = out[:, :guided_channels], out[:, guided_channels:]
+        cond, uncond = eps.chunk(2)
+        guided = uncond + scale * (cond - uncond)
+        return torch.cat([torch.cat([guided, guided]), rest], dim=1)
+
+    return denoise
+
+
+def separate_cfg_denoiser(model: Model, y: torch.Tensor, scale: float, null_class: int):
+    """U-ViT's two-call guidance: ε = ε_c + (w - 1)(ε_c - ε_u)."""
+    y_null = torch.full_like(y, null_class)
+
+    def denoise(x, t, step):
+        eps_c = model(x, t, y)
+        eps_u = model(x, t, y_null)
+        return eps_c + (scale - 1.0) * (eps_c - eps_u)
+
+    return denoise

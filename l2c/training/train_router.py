@@ -1,0 +1,135 @@
+"""Router training, the paper's Algorithm 1 (spec §1.5-1.7), against a frozen DiT or U-ViT.
+
+Each iteration: draw x0 and labels (10% null, one mask for all three forwards), pick one cache step m (the same for
+the whole batch), noise x0 to the evaluation before m, take one full solver step into m while recording every
+sub-layer output, then compare the full model at (x_m, m) (teacher) with the blended model (student, β =
+sigmoid(router[m]), Eq. 6 with α = 1 as the official code) and minimise  D(teacher - student) + λ Σ β.
+Only the router's logits are optimised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..cache.engine import CacheEngine
+from ..io import atomic_torch_save, atomic_write_json, safe_torch_load
+from ..router.router import Router
+from ..solvers import SamplerGeometry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouterTrainConfig:
+    iterations: int = 300  # optimizer steps (official: 20k-40k at batch 64 on 8 GPUs)
+    batch_size: int = 32
+    lr: float = 5e-2  # AdamW; official 1e-3 for 20k iterations, larger for short CPU runs
+    lam: float = 1e-3  # λ of the sparsity term λ Σ sigmoid(logits)
+    loss: str = "mean"  # "mean": DiT's mean squared error; "sum": U-ViT's per-sample sum of squares
+    clamp: float = 5.0  # clamp logits to [-c, c] after each step (DiT official); 0 = no clamp (U-ViT)
+    label_dropout: float = 0.1
+    ste_threshold: float | None = None  # straight-through threshold in training (off in the official routers)
+    seed: int = 0
+    ckpt_every: int = 100
+
+    def __post_init__(self):
+        if self.loss not in ("mean", "sum"):
+            raise ValueError(f"loss must be 'mean' or 'sum', got {self.loss!r}")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ValueError("iterations and batch_size must be >= 1")
+        if self.lam < 0 or self.lr <= 0:
+            raise ValueError(f"need lam >= 0 and lr > 0, got lam={self.lam}, lr={self.lr}")
+
+
+def official_defaults(arch: str, steps: int) -> dict:
+    """Spec Table 8: λ, θ, lr and loss form of the released routers."""
+    if arch == "dit":
+        lam = {50: 1e-6, 20: 5e-6, 10: 1e-6}.get(steps, 5e-6)
+        return dict(lam=lam, lr=1e-3, loss="mean", clamp=5.0, threshold=0.1, batch_size=64, iterations=20000)
+    return dict(lam=0.1, lr=1e-3, loss="sum", clamp=0.0, threshold=0.9, batch_size=64, iterations=40000)
+
+
+def router_step_loss(model, engine: CacheEngine, router: Router, geometry: SamplerGeometry, x0, y, m: int,
+                     noise: torch.Tensor, cfg: RouterTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, distillation part) of one batch at cache evaluation m (Algorithm 1, lines 3-7)."""
+    x_s, j = geometry.predecessor_state(x0, m, noise)
+
+    def eps_fn(x, t):
+        engine.new_evaluation()
+        return model(x, t, y)[:, : x.shape[1]]
+
+    with torch.no_grad():
+        engine.set_mode("record")  # the last evaluation before m leaves its outputs in the cache
+        x_m = geometry.solver_step(eps_fn, x_s, j)
+        engine.set_mode("off")
+        engine.new_evaluation()
+        t_m = geometry.model_time(m, x0.shape[0])
+        target = model(x_m, t_m, y)
+    engine.set_mode("soft")
+    beta = router.scores(m, cfg.ste_threshold)
+    engine.blend = beta
+    engine.new_evaluation()
+    pred = model(x_m, t_m, y)
+    sq = (pred - target).square()
+    distill = sq.mean() if cfg.loss == "mean" else sq.flatten(1).sum(1).mean()
+    # Eq. (8): the L1 term is the sum of the scores of the one router being trained.
+    return distill + cfg.lam * torch.sigmoid(router.logits[m]).sum(), distill
+
+
+def train_router(model, router: Router, geometry: SamplerGeometry, sample_batch: Callable, cfg: RouterTrainConfig,
+                 out_dir: Path | None = None, resume: bool = False) -> dict:
+    """sample_batch(generator, n) -> (x0 (n,C,H,W), labels (n,)). Returns the loss history."""
+    model.eval().requires_grad_(False)
+    opt = torch.optim.AdamW([router.logits], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    history = {"iteration": [], "step": [], "loss": [], "distill": [], "active": []}
+    start = 0
+    ckpt = Path(out_dir) / "router_training.pt" if out_dir else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = safe_torch_load(ckpt)
+        router.logits.data.copy_(state["logits"])
+        opt.load_state_dict(state["opt"])
+        history, start = state["history"], state["iteration"]
+    engine = CacheEngine(model, mode="off")
+    null = model.null_class
+    t0 = time.time()
+    try:
+        bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="train-router")
+        for it in bar:
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+            x0, y = sample_batch(gen, cfg.batch_size)
+            y = torch.where(torch.rand(y.shape, generator=gen) < cfg.label_dropout, torch.full_like(y, null), y)
+            m = router.cache_steps[int(torch.randint(len(router.cache_steps), (1,), generator=gen))]
+            noise = torch.randn(x0.shape, generator=gen)
+            loss, distill = router_step_loss(model, engine, router, geometry, x0, y, m, noise, cfg)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"router loss is {loss.item()} at iteration {it}; lower --lr (now {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if cfg.clamp:
+                with torch.no_grad():
+                    router.logits.clamp_(-cfg.clamp, cfg.clamp)
+            engine.reset()
+            active = float(torch.sigmoid(router.logits[router.cache_steps]).mean())
+            for k, v in (("iteration", it + 1), ("step", m), ("loss", loss.item()), ("distill", distill.item()),
+                         ("active", active)):
+                history[k].append(v)
+            bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.3g}", mean_score=f"{active:.2f}")
+            if ckpt is not None and ((it + 1) % cfg.ckpt_every == 0 or it + 1 == cfg.iterations):
+                atomic_torch_save({"logits": router.logits.detach().clone(), "opt": opt.state_dict(),
+                                   "history": history, "iteration": it + 1, "config": asdict(cfg)}, ckpt)
+    finally:
+        engine.detach()
+    history["wall_s"] = time.time() - t0
+    if out_dir:
+        atomic_write_json({"config": asdict(cfg), "history": history}, Path(out_dir) / "router_training.json")
+    return history
