@@ -104,11 +104,12 @@ def generate(model: nn.Module, spec: DiffusionSpec, seeds: list[int], classes: l
 
 def _sample_batch(model, spec, geometry, seeds, classes, cfg, engine):
     n = len(seeds)
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
     y = torch.tensor(classes, dtype=torch.long, device=device)
     noise = StackedRandomGenerator(seeds, device)
     shape = (n, model.in_channels, model.input_size, model.input_size)
-    z = noise.randn(shape, device=device)
+    z = noise.randn(shape, dtype=dtype, device=device)
     denoise, copies = build_denoiser(model, y, cfg)
     if engine is not None:
         denoise = engine.wrap(denoise)
