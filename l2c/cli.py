@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 
 EPILOG = """examples:
   l2c demo                                   # train a router on the bundled dit-mnist, compare cached / uncached
@@ -68,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=int, default=None, help="router optimizer steps (default per model)")
     t.add_argument("--batch-size", type=int, default=None, help="batch per iteration (default per model)")
     t.add_argument("--lr", type=float, default=None, help="router AdamW learning rate (default per model)")
-    t.add_argument("--lam", "--lambda", dest="lam", type=float, default=None, help="λ of the sparsity term")
+    t.add_argument("--lam", "--lambda", dest="lam", default=None,
+                   help="λ of the sparsity term, or 'auto': the --target-removal quantile of measured single-layer "
+                        "caching errors (default: auto for the small presets, Table 8 with --official)")
+    t.add_argument("--target-removal", type=float, default=0.5, help="for --lam auto: share of cache-step "
+                   "sub-layers whose caching error is below λ")
     t.add_argument("--loss", choices=["mean", "sum"], default=None, help="distillation loss form (DiT mean, U-ViT sum)")
     t.add_argument("--clamp", type=float, default=None, help="clamp logits to ±c after each step; 0 = off")
     t.add_argument("--threshold", type=float, default=None, help="θ stored in the router file")
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=int, default=500, help="images per arm for FID / accuracy / PSNR")
     d.add_argument("--iterations", type=int, default=None, help="router iterations (default per model)")
     d.add_argument("--repeats", type=int, default=5, help="latency repeats (median reported)")
+    d.add_argument("--target-removal", type=float, default=0.5, help="sets λ (see train-router --lam auto)")
     d.add_argument("--out", default="demo_out", help="output folder")
     return p
 

@@ -216,12 +216,14 @@ def cmd_train_router(args) -> int:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     threshold = settings.pop("threshold")
-    cfg = RouterTrainConfig(**settings, ste_threshold=args.ste_threshold, seed=args.seed)
     from .cache.layout import sublayers
 
     router = Router(args.steps, len(sublayers(model)), _cache_steps(geometry),
                     generator=torch.Generator().manual_seed(args.seed))
     sample_batch = make_batch_source(args, model, spec)
+    settings["lam"] = resolve_lambda(settings["lam"], model, router, geometry, sample_batch, settings["loss"],
+                                     args.target_removal)
+    cfg = RouterTrainConfig(**settings, ste_threshold=args.ste_threshold, seed=args.seed)
     out = Path(args.out)
     work = out.with_suffix("")
     history = train_router(model, router, geometry, sample_batch, cfg, out_dir=work, resume=args.resume)
@@ -246,10 +248,26 @@ def _cache_steps(geometry) -> list[int]:
 
 
 def small_model_defaults(arch: str) -> dict:
-    """Settings for the bundled MNIST models on a CPU: a few hundred iterations, so a larger lr than the paper's."""
-    if arch == "dit":
-        return dict(iterations=300, batch_size=32, lr=5e-2, lam=1e-4, loss="mean", clamp=5.0, threshold=0.5)
-    return dict(iterations=300, batch_size=32, lr=5e-2, lam=0.2, loss="sum", clamp=5.0, threshold=0.5)
+    """Settings for small models on a CPU: a few hundred iterations, so a far larger lr than the paper's 1e-3
+    (each cache step gets ~40 updates; Adam moves a logit by about lr per update), and λ calibrated on the model."""
+    loss = "mean" if arch == "dit" else "sum"
+    return dict(iterations=400, batch_size=16, lr=1e-1, lam="auto", loss=loss, clamp=5.0, threshold=0.5)
+
+
+def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target_removal: float) -> float:
+    """A number, or "auto": the target-removal quantile of single-layer caching errors measured on this model."""
+    if lam != "auto":
+        try:
+            return float(lam)
+        except ValueError:
+            raise ValueError(f"--lam must be a number or 'auto', got {lam!r}") from None
+    from .training.train_router import caching_errors, lambda_for_removal
+
+    errors = caching_errors(model, router, geometry, sample_batch, loss=loss)
+    value = lambda_for_removal(errors, target_removal)
+    print(f"λ = {value:.3g}: the {target_removal:.0%} quantile of single-layer caching errors "
+          f"(range {errors.min().item():.2g} .. {errors.max().item():.2g})")
+    return value
 
 
 def make_batch_source(args, model, spec):

@@ -13,7 +13,12 @@ from .cache.engine import CacheEngine
 from .cache.plan import CachePlan
 from .diffusion import DiffusionSpec
 from .sampling import (
-    StackedRandomGenerator, batched_cfg_denoiser, conditional_denoiser, sample_ddim, sample_ddpm, sample_dpm_solver,
+    StackedRandomGenerator,
+    batched_cfg_denoiser,
+    conditional_denoiser,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpm_solver,
     separate_cfg_denoiser,
 )
 from .solvers import SamplerGeometry

@@ -10,8 +10,16 @@ from l2c.diffusion import DiffusionSpec
 from l2c.models import create_model
 from l2c.pipeline import SampleConfig, generate
 from l2c.sampling import (
-    NoiseScheduleVP, StackedRandomGenerator, batched_cfg_denoiser, parse_int_list, sample_ddim, sample_ddpm,
-    sample_dpm_solver, separate_cfg_denoiser, space_timesteps, time_uniform,
+    NoiseScheduleVP,
+    StackedRandomGenerator,
+    batched_cfg_denoiser,
+    parse_int_list,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpm_solver,
+    separate_cfg_denoiser,
+    space_timesteps,
+    time_uniform,
 )
 from l2c.sampling.schedules import alphas_cumprod, linear_betas, scaled_linear_betas
 

@@ -85,6 +85,41 @@ def router_step_loss(model, engine: CacheEngine, router: Router, geometry: Sampl
     return distill + cfg.lam * torch.sigmoid(router.logits[m]).sum(), distill
 
 
+@torch.no_grad()
+def caching_errors(model, router: Router, geometry: SamplerGeometry, sample_batch: Callable, batch_size: int = 32,
+                   loss: str = "mean", seed: int = 0) -> torch.Tensor:
+    """(cache steps, L) distillation error of reusing ONE sub-layer at one cache step, all others computed.
+
+    The paper's Fig. 3 quantity, measured with the training loss itself. Used to pick λ: with the loss
+    D + λ Σ β, dropping sub-layer l pays off roughly when its error is below λ.
+    """
+    cfg = RouterTrainConfig(lam=0.0, loss=loss, label_dropout=0.0)
+    engine = CacheEngine(model, mode="off")
+    errors = torch.zeros(len(router.cache_steps), router.num_sublayers)
+    gen = torch.Generator().manual_seed(seed)
+    x0, y = sample_batch(gen, batch_size)
+    noise = torch.randn(x0.shape, generator=gen)
+    probe = Router(router.num_steps, router.num_sublayers, router.cache_steps)
+    try:
+        for i, m in enumerate(router.cache_steps):
+            for l in range(router.num_sublayers):
+                probe.logits.data.fill_(30.0)  # β ≈ 1: compute
+                probe.logits.data[m, l] = -30.0  # β ≈ 0: reuse this one
+                _, distill = router_step_loss(model, engine, probe, geometry, x0, y, m, noise, cfg)
+                errors[i, l] = distill
+                engine.reset()
+    finally:
+        engine.detach()
+    return errors
+
+
+def lambda_for_removal(errors: torch.Tensor, target_removal: float) -> float:
+    """λ at the `target_removal` quantile of the single-layer caching errors."""
+    if not 0.0 < target_removal < 1.0:
+        raise ValueError(f"target removal must be in (0, 1), got {target_removal}")
+    return float(torch.quantile(errors.flatten().double(), target_removal))
+
+
 def train_router(model, router: Router, geometry: SamplerGeometry, sample_batch: Callable, cfg: RouterTrainConfig,
                  out_dir: Path | None = None, resume: bool = False) -> dict:
     """sample_batch(generator, n) -> (x0 (n,C,H,W), labels (n,)). Returns the loss history."""
@@ -119,7 +154,7 @@ def train_router(model, router: Router, geometry: SamplerGeometry, sample_batch:
                 with torch.no_grad():
                     router.logits.clamp_(-cfg.clamp, cfg.clamp)
             engine.reset()
-            active = float(torch.sigmoid(router.logits[router.cache_steps]).mean())
+            active = float(torch.sigmoid(router.logits.detach()[router.cache_steps]).mean())
             for k, v in (("iteration", it + 1), ("step", m), ("loss", loss.item()), ("distill", distill.item()),
                          ("active", active)):
                 history[k].append(v)
