@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampler_args(t)
     t.add_argument("--data", default="mnist", help="'mnist', 'generated' (images the model samples itself), or an "
                    "image folder (one sub-folder per class)")
+    t.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models with an image folder)")
     t.add_argument("--generated-images", type=int, default=512, help="pool size for --data generated")
     t.add_argument("--iterations", type=int, default=None, help="router optimizer steps (default per model)")
     t.add_argument("--batch-size", type=int, default=None, help="batch per iteration (default per model)")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     m.add_argument("--out", default="runs/model", help="output folder")
     m.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    m.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent presets with --data FOLDER)")
 
     e = _add(sub, "export-model", "write a training checkpoint's EMA weights as a self-describing .safetensors")
     e.add_argument("checkpoint", help="OUT/checkpoint.pt of train-model")

@@ -152,23 +152,33 @@ def cmd_train_model(args) -> int:
 
     cfg = TrainModelConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            warmup=args.warmup, ema_decay=args.ema_decay, schedule=args.schedule, seed=args.seed,
-                           ckpt_every=args.ckpt_every, threads=args.threads)
-    images, labels = load_training_images(args.data, create_model(args.model))
+                           ckpt_every=args.ckpt_every, threads=args.threads, random_flip=args.data != "mnist")
+    images, labels = load_training_images(args.data, create_model(args.model), args.vae)
     _, _, state = train_model(cfg, images, labels, Path(args.out), resume=args.resume)
     print(f"trained {args.model} to step {state['step']}; final loss (mean of last 100) "
           f"{np.mean(state['losses'][-100:]):.4f}; checkpoint {Path(args.out) / 'checkpoint.pt'}")
     return 0
 
 
-def load_training_images(data: str, model) -> tuple[np.ndarray, np.ndarray]:
+def load_training_images(data: str, model, vae: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST, or an image folder at the model's resolution (VAE-encoded for 4-channel latent models)."""
     if data == "mnist":
         from .data.mnist import load_mnist, to_model_range
 
+        if model.in_channels != 1 or model.input_size != 28:
+            raise ValueError(f"MNIST is 1x28x28 but the model takes {model.in_channels}x{model.input_size}x"
+                             f"{model.input_size}: use an MNIST preset (DiT-mnist, U-ViT-mnist) or --data FOLDER")
         x, y = load_mnist("trainval")
         return to_model_range(x), y
     from .data.folder import load_image_folder
 
-    return load_image_folder(data, model.input_size)
+    if model.in_channels == 4:
+        if not vae:
+            raise ValueError("a latent model trains on VAE latents: pass --vae FOLDER (a local AutoencoderKL)")
+        from .vae import load_vae
+
+        return load_image_folder(data, model.input_size * 8, 3, encode=load_vae(vae).encode)
+    return load_image_folder(data, model.input_size, model.in_channels)
 
 
 def cmd_export_model(args) -> int:
@@ -281,7 +291,7 @@ def make_batch_source(args, model, spec):
         images = generate(model, spec, list(range(10**6, 10**6 + n)), classes, cfg)
         labels = torch.tensor(classes)
     else:
-        x, y = load_training_images(args.data, model)
+        x, y = load_training_images(args.data, model, getattr(args, "vae", None))
         images, labels = torch.from_numpy(x), torch.from_numpy(y)
 
     def sample_batch(gen, n):
@@ -300,7 +310,7 @@ def _plot_history(history: dict, path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3))
     ax[0].plot(history["iteration"], history["loss"], lw=0.5, label="loss")
     ax[0].plot(history["iteration"], history["distill"], lw=0.5, label="distillation part")
-    ax[0].set(xlabel="iteration", yscale="log")
+    ax[0].set(xlabel="iteration", yscale="log" if min(history["loss"], default=0) > 0 else "linear")
     ax[0].legend()
     ax[1].plot(history["iteration"], history["active"])
     ax[1].set(xlabel="iteration", ylabel="mean score of cache steps")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.folder import random_flip
 from ..diffusion import DiffusionSpec, default_spec, epsilon_loss
 from ..io import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..models import MODELS, architecture_of, create_model
@@ -39,6 +40,7 @@ class TrainModelConfig:
     seed: int = 0
     ckpt_every: int = 500  # steps between atomic checkpoints
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    random_flip: bool = False  # ADM's horizontal flips (natural images; not for digits)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -55,7 +57,9 @@ def train_model(cfg: TrainModelConfig, images: np.ndarray, labels: np.ndarray, o
     out_dir = Path(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = create_model(cfg.model)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only, not on earlier global RNG use
+        model = create_model(cfg.model)
     spec = default_spec(architecture_of(model), cfg.schedule or None)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
@@ -80,6 +84,8 @@ def _run(cfg, spec: DiffusionSpec, model, ema, opt, state, images, labels, out_d
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
         x0, y = images[idx], labels[idx].clone()
+        if cfg.random_flip:
+            x0 = random_flip(x0, gen)
         y[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = null
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
