@@ -5,5 +5,14 @@ from .models import MODELS, create_model
 from .router import Router, import_official, load_router, save_router
 
 __version__ = "0.1.0"
-__all__ = ["CacheEngine", "CachePlan", "attach_cache", "MODELS", "create_model", "Router", "import_official",
-           "load_router", "save_router"]
+__all__ = [
+    "CacheEngine",
+    "CachePlan",
+    "attach_cache",
+    "MODELS",
+    "create_model",
+    "Router",
+    "import_official",
+    "load_router",
+    "save_router",
+]

@@ -27,5 +27,22 @@ def time_runs(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: in
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
-    return {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "runs": v}
-            for name, v in times.items()}
+    return {
+        name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "runs": v}
+        for name, v in times.items()
+    }
+
+
+def device_name(device="cpu") -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo, for benchmark records."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

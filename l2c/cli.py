@@ -36,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", default="0-9", help="class labels, cycled over the seeds")
     s.add_argument("--batch-size", type=int, default=64, help="images per batch (does not change the images)")
     s.add_argument("--router", default=None, help="router file (.safetensors); samples with real skipping")
-    s.add_argument("--threshold", type=float, default=None, help="θ: execute a sub-layer iff its score > θ "
-                   "(default: the router's own)")
+    s.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="θ: execute a sub-layer iff its score > θ (default: the router's own)",
+    )
     s.add_argument("--out", default="samples.png", help="output grid PNG")
     s.add_argument("--npz", default=None, help="also write images as an ADM-format .npz (arr_0: uint8 NHWC)")
     s.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder, for latent models")
@@ -52,26 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     rs = _add(rsub, "show", "print a router's per-step executed sub-layers (and MACs), optionally plot it")
     rs.add_argument("router", help="l2c router file (.safetensors)")
     rs.add_argument("--threshold", type=float, default=None, help="θ (default: the router's own)")
-    rs.add_argument("--model", default=None, choices=list(MODELS), metavar="PRESET",
-                    help="model preset, to report MACs per image")
+    rs.add_argument(
+        "--model", default=None, choices=list(MODELS), metavar="PRESET", help="model preset, to report MACs per image"
+    )
     rs.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     rs.add_argument("--png", default=None, help="write the router heat-map here")
 
     t = _add(sub, "train-router", "train a Learning-to-Cache router against a frozen model (Algorithm 1)")
     _model_args(t, MODELS)
     _sampler_args(t)
-    t.add_argument("--data", default="mnist", help="'mnist', 'generated' (images the model samples itself), or an "
-                   "image folder (one sub-folder per class)")
+    t.add_argument(
+        "--data",
+        default="mnist",
+        help="'mnist', 'generated' (images the model samples itself), or an image folder (one sub-folder per class)",
+    )
     t.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models with an image folder)")
     t.add_argument("--generated-images", type=int, default=512, help="pool size for --data generated")
     t.add_argument("--iterations", type=int, default=None, help="router optimizer steps (default per model)")
     t.add_argument("--batch-size", type=int, default=None, help="batch per iteration (default per model)")
     t.add_argument("--lr", type=float, default=None, help="router AdamW learning rate (default per model)")
-    t.add_argument("--lam", "--lambda", dest="lam", default=None,
-                   help="λ of the sparsity term, or 'auto': the --target-removal quantile of measured single-layer "
-                        "caching errors (default: auto for the small presets, Table 8 with --official)")
-    t.add_argument("--target-removal", type=float, default=0.5, help="for --lam auto: share of cache-step "
-                   "sub-layers whose caching error is below λ")
+    t.add_argument(
+        "--lam",
+        "--lambda",
+        dest="lam",
+        default=None,
+        help="λ of the sparsity term, or 'auto': the --target-removal quantile of measured single-layer "
+        "caching errors (default: auto for the small presets, Table 8 with --official)",
+    )
+    t.add_argument(
+        "--target-removal",
+        type=float,
+        default=0.5,
+        help="for --lam auto: share of cache-step sub-layers whose caching error is below λ",
+    )
     t.add_argument("--loss", choices=["mean", "sum"], default=None, help="distillation loss form (DiT mean, U-ViT sum)")
     t.add_argument("--clamp", type=float, default=None, help="clamp logits to ±c after each step; 0 = off")
     t.add_argument("--threshold", type=float, default=None, help="θ stored in the router file")
@@ -126,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_args(p, models) -> None:
-    p.add_argument("--model", default="dit-mnist", help=f"bundled model (dit-mnist, uvit-mnist) or preset "
-                   f"({', '.join(list(models)[:3])}, ...) with --ckpt")
+    p.add_argument(
+        "--model",
+        default="dit-mnist",
+        help=f"bundled model (dit-mnist, uvit-mnist) or preset ({', '.join(list(models)[:3])}, ...) with --ckpt",
+    )
     p.add_argument("--ckpt", default=None, help="checkpoint file for a preset (official .pt/.pth or ours)")
     p.add_argument("--random-init", action="store_true", help="random weights (smoke tests; no --ckpt needed)")
     p.add_argument("--schedule", default=None, help="beta schedule override (linear | scaled_linear)")
@@ -135,8 +155,12 @@ def _model_args(p, models) -> None:
 
 
 def _sampler_args(p) -> None:
-    p.add_argument("--sampler", default=None, choices=["ddim", "ddpm", "dpm-solver-2", "dpm-solver-2m"],
-                   help="sampler (default: ddim for DiT, dpm-solver-2 for U-ViT)")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=["ddim", "ddpm", "dpm-solver-2", "dpm-solver-2m"],
+        help="sampler (default: ddim for DiT, dpm-solver-2 for U-ViT)",
+    )
     p.add_argument("--steps", type=int, default=20, help="DDIM/DDPM steps, or NFE for DPM-Solver")
     p.add_argument("--cfg", type=float, default=1.5, help="guidance weight w (1 = off; U-ViT's scale 0.4 = w 1.4)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η")

@@ -47,8 +47,13 @@ def default_sampler(model) -> str:
 def sample_config(args, model, batch_size: int = 64):
     from .pipeline import SampleConfig
 
-    return SampleConfig(sampler=args.sampler or default_sampler(model), steps=args.steps, cfg=args.cfg, eta=args.eta,
-                        batch_size=batch_size)
+    return SampleConfig(
+        sampler=args.sampler or default_sampler(model),
+        steps=args.steps,
+        cfg=args.cfg,
+        eta=args.eta,
+        batch_size=batch_size,
+    )
 
 
 def file_sha256(path) -> str:
@@ -62,8 +67,10 @@ def file_sha256(path) -> str:
 def _decoder(args, model):
     if not getattr(args, "vae", None):
         if model.in_channels == 4:
-            raise ValueError("this is a latent model: pass --vae FOLDER (a local diffusers AutoencoderKL, e.g. "
-                             "sd-vae-ft-ema) to decode its samples")
+            raise ValueError(
+                "this is a latent model: pass --vae FOLDER (a local diffusers AutoencoderKL, e.g. "
+                "sd-vae-ft-ema) to decode its samples"
+            )
         return None
     from .vae import load_vae
 
@@ -100,17 +107,22 @@ def check_router_fits(router, rmeta: dict, model, cfg) -> None:
 
     n_sub = len(sublayers(model))
     if router.num_sublayers != n_sub:
-        raise ValueError(f"the router has {router.num_sublayers} scores per step but this model has {n_sub} sub-layers "
-                         f"({n_sub // 2} blocks): it was made for {rmeta.get('model', 'another model')}")
+        raise ValueError(
+            f"the router has {router.num_sublayers} scores per step but this model has {n_sub} sub-layers "
+            f"({n_sub // 2} blocks): it was made for {rmeta.get('model', 'another model')}"
+        )
     from .solvers import SamplerGeometry
 
     nfe = SamplerGeometry(cfg.sampler, cfg.steps, DiffusionSpec()).num_evaluations
     if router.num_steps != nfe:
-        raise ValueError(f"the router covers {router.num_steps} model evaluations but {cfg.sampler} with --steps "
-                         f"{cfg.steps} makes {nfe}: use --steps {rmeta.get('steps', router.num_steps)}")
+        raise ValueError(
+            f"the router covers {router.num_steps} model evaluations but {cfg.sampler} with --steps "
+            f"{cfg.steps} makes {nfe}: use --steps {rmeta.get('steps', router.num_steps)}"
+        )
     if rmeta.get("sampler") and rmeta["sampler"] != cfg.sampler:
-        raise ValueError(f"the router was trained for {rmeta['sampler']}, not {cfg.sampler}: pass --sampler "
-                         f"{rmeta['sampler']}")
+        raise ValueError(
+            f"the router was trained for {rmeta['sampler']}, not {cfg.sampler}: pass --sampler {rmeta['sampler']}"
+        )
 
 
 # ---------------------------------------------------------------------------- router
@@ -123,8 +135,10 @@ def cmd_router(args) -> int:
         router, meta = import_official(args.file, args.arch, args.steps)
         meta["source_sha256"] = file_sha256(args.file)
         save_router(router, args.out, meta)
-        print(f"wrote {args.out}: {router.num_steps} steps x {router.num_sublayers} sub-layers, "
-              f"{len(router.cache_steps)} cache steps")
+        print(
+            f"wrote {args.out}: {router.num_steps} steps x {router.num_sublayers} sub-layers, "
+            f"{len(router.cache_steps)} cache steps"
+        )
         return 0
     router, meta = load_router(args.router)
     threshold = args.threshold if args.threshold is not None else meta.get("threshold", 0.5)
@@ -132,8 +146,9 @@ def cmd_router(args) -> int:
     if args.model:
         macs = profile_macs(args.model)
         if len(macs.sublayer_linear) != router.num_sublayers:
-            raise ValueError(f"router has {router.num_sublayers} sub-layers per step, {args.model} has "
-                             f"{len(macs.sublayer_linear)}")
+            raise ValueError(
+                f"router has {router.num_sublayers} sub-layers per step, {args.model} has {len(macs.sublayer_linear)}"
+            )
     summary = router_summary(router, threshold, macs)
     if args.png:
         plot_router(router, threshold, args.png, title=Path(args.router).name)
@@ -150,13 +165,25 @@ def cmd_router(args) -> int:
 def cmd_train_model(args) -> int:
     from .training.train_model import TrainModelConfig, train_model
 
-    cfg = TrainModelConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           warmup=args.warmup, ema_decay=args.ema_decay, schedule=args.schedule, seed=args.seed,
-                           ckpt_every=args.ckpt_every, threads=args.threads, random_flip=args.data != "mnist")
+    cfg = TrainModelConfig(
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        ema_decay=args.ema_decay,
+        schedule=args.schedule,
+        seed=args.seed,
+        ckpt_every=args.ckpt_every,
+        threads=args.threads,
+        random_flip=args.data != "mnist",
+    )
     images, labels = load_training_images(args.data, create_model(args.model), args.vae)
     _, _, state = train_model(cfg, images, labels, Path(args.out), resume=args.resume)
-    print(f"trained {args.model} to step {state['step']}; final loss (mean of last 100) "
-          f"{np.mean(state['losses'][-100:]):.4f}; checkpoint {Path(args.out) / 'checkpoint.pt'}")
+    print(
+        f"trained {args.model} to step {state['step']}; final loss (mean of last 100) "
+        f"{np.mean(state['losses'][-100:]):.4f}; checkpoint {Path(args.out) / 'checkpoint.pt'}"
+    )
     return 0
 
 
@@ -166,8 +193,10 @@ def load_training_images(data: str, model, vae: str | None = None) -> tuple[np.n
         from .data.mnist import load_mnist, to_model_range
 
         if model.in_channels != 1 or model.input_size != 28:
-            raise ValueError(f"MNIST is 1x28x28 but the model takes {model.in_channels}x{model.input_size}x"
-                             f"{model.input_size}: use an MNIST preset (DiT-mnist, U-ViT-mnist) or --data FOLDER")
+            raise ValueError(
+                f"MNIST is 1x28x28 but the model takes {model.in_channels}x{model.input_size}x"
+                f"{model.input_size}: use an MNIST preset (DiT-mnist, U-ViT-mnist) or --data FOLDER"
+            )
         x, y = load_mnist("trainval")
         return to_model_range(x), y
     from .data.folder import load_image_folder
@@ -191,8 +220,13 @@ def cmd_export_model(args) -> int:
         raise ValueError(f"{args.checkpoint} is not a train-model checkpoint (needs 'ema' and 'config')")
     dtype = torch.float16 if args.half else torch.float32
     sd = {k: v.to(dtype).contiguous() for k, v in ckpt["ema"].items()}
-    meta = {"preset": ckpt["config"]["model"], "diffusion": ckpt["diffusion"], "config": ckpt["config"],
-            "train_steps": ckpt["step"], "final_loss": float(np.mean(ckpt["losses"][-100:]))}
+    meta = {
+        "preset": ckpt["config"]["model"],
+        "diffusion": ckpt["diffusion"],
+        "config": ckpt["config"],
+        "train_steps": ckpt["step"],
+        "final_loss": float(np.mean(ckpt["losses"][-100:])),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, args.out, metadata={k: json.dumps(v) for k, v in meta.items()})
     print(f"wrote {args.out} ({meta['preset']}, step {meta['train_steps']})")
@@ -228,26 +262,39 @@ def cmd_train_router(args) -> int:
     threshold = settings.pop("threshold")
     from .cache.layout import sublayers
 
-    router = Router(args.steps, len(sublayers(model)), _cache_steps(geometry),
-                    generator=torch.Generator().manual_seed(args.seed))
+    router = Router(
+        args.steps, len(sublayers(model)), _cache_steps(geometry), generator=torch.Generator().manual_seed(args.seed)
+    )
     sample_batch = make_batch_source(args, model, spec)
-    settings["lam"] = resolve_lambda(settings["lam"], model, router, geometry, sample_batch, settings["loss"],
-                                     args.target_removal)
+    settings["lam"] = resolve_lambda(
+        settings["lam"], model, router, geometry, sample_batch, settings["loss"], args.target_removal
+    )
     cfg = RouterTrainConfig(**settings, ste_threshold=args.ste_threshold, seed=args.seed)
     out = Path(args.out)
     work = out.with_suffix("")
     history = train_router(model, router, geometry, sample_batch, cfg, out_dir=work, resume=args.resume)
-    rmeta = {"arch": arch, "model": meta.get("preset"), "sampler": sampler, "steps": args.steps, "guidance": args.cfg,
-             "lambda": cfg.lam, "threshold": threshold, "schedule": geometry.default_cache_schedule,
-             "training": asdict(cfg), "data": args.data}
+    rmeta = {
+        "arch": arch,
+        "model": meta.get("preset"),
+        "sampler": sampler,
+        "steps": args.steps,
+        "guidance": args.cfg,
+        "lambda": cfg.lam,
+        "threshold": threshold,
+        "schedule": geometry.default_cache_schedule,
+        "training": asdict(cfg),
+        "data": args.data,
+    }
     if meta.get("path"):
         rmeta["checkpoint_sha256"] = file_sha256(meta["path"])
     save_router(router, out, rmeta)
     plot_router(router, threshold, work / "router.png", title=f"{meta.get('preset')} {sampler}-{args.steps}")
     _plot_history(history, work / "router_loss.png")
     s = router_summary(router, threshold)
-    print(f"wrote {out} (executed {s['executed']}/{s['total']} sub-layers in cache steps at θ = {threshold}); "
-          f"heat-map {work / 'router.png'}, loss curve {work / 'router_loss.png'}")
+    print(
+        f"wrote {out} (executed {s['executed']}/{s['total']} sub-layers in cache steps at θ = {threshold}); "
+        f"heat-map {work / 'router.png'}, loss curve {work / 'router_loss.png'}"
+    )
     return 0
 
 
@@ -275,8 +322,10 @@ def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target
 
     errors = caching_errors(model, router, geometry, sample_batch, loss=loss)
     value = lambda_for_removal(errors, target_removal)
-    print(f"λ = {value:.3g}: the {target_removal:.0%} quantile of single-layer caching errors "
-          f"(range {errors.min().item():.2g} .. {errors.max().item():.2g})")
+    print(
+        f"λ = {value:.3g}: the {target_removal:.0%} quantile of single-layer caching errors "
+        f"(range {errors.min().item():.2g} .. {errors.max().item():.2g})"
+    )
     return value
 
 

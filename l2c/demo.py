@@ -37,8 +37,10 @@ def run_demo(args: argparse.Namespace) -> int:
     spec = DiffusionSpec(**meta["diffusion"])
     arch = architecture_of(model)
     sampler = "ddim" if arch == "dit" else "dpm-solver-2"
-    print(f"[1/4] {args.model}: {meta['preset']}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
-          f"sampler {sampler}-20, guidance 1.5")
+    print(
+        f"[1/4] {args.model}: {meta['preset']}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
+        f"sampler {sampler}-20, guidance 1.5"
+    )
     router, threshold = _train_router(model, spec, sampler, args, out)
     print(f"      ({time.time() - start:.0f} s so far)")
     plan = router.to_plan(threshold)
@@ -52,10 +54,13 @@ def run_demo(args: argparse.Namespace) -> int:
     save_grid(cached[:100], out / "cached.png", nrow=10, scale=2)
     print(f"      ({time.time() - start:.0f} s so far)")
     print(f"[4/4] latency: {args.repeats} interleaved runs of a 64-image batch each")
-    timing = time_runs({
-        "uncached": lambda: generate(model, spec, seeds[:64], classes[:64], cfg, progress=False),
-        "cached": lambda: generate(model, spec, seeds[:64], classes[:64], cfg, plan=plan, progress=False),
-    }, repeats=args.repeats)
+    timing = time_runs(
+        {
+            "uncached": lambda: generate(model, spec, seeds[:64], classes[:64], cfg, progress=False),
+            "cached": lambda: generate(model, spec, seeds[:64], classes[:64], cfg, plan=plan, progress=False),
+        },
+        repeats=args.repeats,
+    )
     rows = _rows(model, meta, router, threshold, plan, plain, cached, classes, timing)
     print(f"      metrics done ({time.time() - start:.0f} s in all)")
     table = _format(rows, args.images)
@@ -79,8 +84,12 @@ def _train_router(model, spec, sampler, args, out):
     if args.iterations:
         settings["iterations"] = args.iterations
     geometry = SamplerGeometry(sampler, 20, spec)
-    router = Router(20, len(sublayers(model)), cache_steps_for(geometry.default_cache_schedule, 20),
-                    generator=torch.Generator().manual_seed(0))
+    router = Router(
+        20,
+        len(sublayers(model)),
+        cache_steps_for(geometry.default_cache_schedule, 20),
+        generator=torch.Generator().manual_seed(0),
+    )
     x, y = load_mnist("trainval")
     images, labels = torch.from_numpy(to_model_range(x)), torch.from_numpy(y)
 
@@ -88,16 +97,30 @@ def _train_router(model, spec, sampler, args, out):
         idx = torch.randint(0, len(images), (n,), generator=gen)
         return images[idx], labels[idx]
 
-    settings["lam"] = resolve_lambda("auto", model, router, geometry, sample_batch, settings["loss"],
-                                     args.target_removal)
+    settings["lam"] = resolve_lambda(
+        "auto", model, router, geometry, sample_batch, settings["loss"], args.target_removal
+    )
     cfg = RouterTrainConfig(**settings)
 
-    print(f"[2/4] training a router: {cfg.iterations} iterations, batch {cfg.batch_size}, λ = {cfg.lam}, "
-          f"lr = {cfg.lr} (Algorithm 1)")
+    print(
+        f"[2/4] training a router: {cfg.iterations} iterations, batch {cfg.batch_size}, λ = {cfg.lam}, "
+        f"lr = {cfg.lr} (Algorithm 1)"
+    )
     history = train_router(model, router, geometry, sample_batch, cfg, out_dir=out / "router_work")
-    save_router(router, out / "router.safetensors", {"model": args.model, "sampler": sampler, "steps": 20,
-                                                     "guidance": 1.5, "lambda": cfg.lam, "threshold": threshold,
-                                                     "arch": architecture_of(model), "data": "mnist"})
+    save_router(
+        router,
+        out / "router.safetensors",
+        {
+            "model": args.model,
+            "sampler": sampler,
+            "steps": 20,
+            "guidance": 1.5,
+            "lambda": cfg.lam,
+            "threshold": threshold,
+            "arch": architecture_of(model),
+            "data": "mnist",
+        },
+    )
     plot_router(router, threshold, out / "router.png", title=f"{args.model} {sampler}-20, λ = {cfg.lam}")
     print(f"      router trained in {history['wall_s']:.0f} s")
     return router, threshold
@@ -112,13 +135,23 @@ def _rows(model, meta, router, threshold, plan, plain, cached, classes, timing):
         m = mnist_metrics(images, np.asarray(classes))
         mac = plan_macs(p, macs)
         t = timing["uncached" if p is full else "cached"]
-        rows.append({
-            "method": name, "nfe": p.num_steps, "executed": int(p.compute.sum()), "total": int(p.compute.numel()),
-            "macs_g": mac["macs_paper"] / 1e9, "latency_s": t["median_s"], "latency_min_s": t["min_s"],
-            "latency_max_s": t["max_s"], "fid": m["fid"], "class_accuracy": m["class_accuracy"],
-            "precision": m["precision"], "recall": m["recall"],
-            "psnr_db": paired_metrics(images, plain)["psnr_db"],
-        })
+        rows.append(
+            {
+                "method": name,
+                "nfe": p.num_steps,
+                "executed": int(p.compute.sum()),
+                "total": int(p.compute.numel()),
+                "macs_g": mac["macs_paper"] / 1e9,
+                "latency_s": t["median_s"],
+                "latency_min_s": t["min_s"],
+                "latency_max_s": t["max_s"],
+                "fid": m["fid"],
+                "class_accuracy": m["class_accuracy"],
+                "precision": m["precision"],
+                "recall": m["recall"],
+                "psnr_db": paired_metrics(images, plain)["psnr_db"],
+            }
+        )
     for r in rows:
         r["speedup"] = rows[0]["latency_s"] / r["latency_s"]
         r["mac_speedup"] = rows[0]["macs_g"] / r["macs_g"]
@@ -127,12 +160,16 @@ def _rows(model, meta, router, threshold, plan, plain, cached, classes, timing):
 
 
 def _format(rows, n) -> str:
-    head = ("| method | NFE | executed sub-layers | MACs/img (G) | latency, 64 img (s) | speedup | MAC speedup | "
-            f"MNIST-FID ({n}) | class acc. | PSNR vs uncached (dB) |")
+    head = (
+        "| method | NFE | executed sub-layers | MACs/img (G) | latency, 64 img (s) | speedup | MAC speedup | "
+        f"MNIST-FID ({n}) | class acc. | PSNR vs uncached (dB) |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         psnr = "∞ (identical)" if r["psnr_db"] == float("inf") else f"{r['psnr_db']:.1f}"
-        lines.append(f"| {r['method']} | {r['nfe']} | {r['executed']}/{r['total']} | {r['macs_g']:.3f} | "
-                     f"{r['latency_s']:.3f} | {r['speedup']:.2f}x | {r['mac_speedup']:.2f}x | {r['fid']:.2f} | "
-                     f"{100 * r['class_accuracy']:.1f}% | {psnr} |")
+        lines.append(
+            f"| {r['method']} | {r['nfe']} | {r['executed']}/{r['total']} | {r['macs_g']:.3f} | "
+            f"{r['latency_s']:.3f} | {r['speedup']:.2f}x | {r['mac_speedup']:.2f}x | {r['fid']:.2f} | "
+            f"{100 * r['class_accuracy']:.1f}% | {psnr} |"
+        )
     return "\n".join(lines)

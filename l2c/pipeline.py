@@ -66,19 +66,50 @@ def build_denoiser(model: nn.Module, y: torch.Tensor, cfg: SampleConfig):
 def run_sampler(denoise, x: torch.Tensor, geometry: SamplerGeometry, cfg: SampleConfig, noise, callback=None):
     spec = geometry.spec
     if cfg.sampler == "ddim":
-        return sample_ddim(denoise, x, geometry.timesteps, alphas_cumprod=geometry.abar, eta=cfg.eta,
-                           randn_like=noise.randn_like, time_offset=spec.time_offset, callback=callback)
+        return sample_ddim(
+            denoise,
+            x,
+            geometry.timesteps,
+            alphas_cumprod=geometry.abar,
+            eta=cfg.eta,
+            randn_like=noise.randn_like,
+            time_offset=spec.time_offset,
+            callback=callback,
+        )
     if cfg.sampler == "ddpm":
-        return sample_ddpm(denoise, x, geometry.timesteps, alphas_cumprod=geometry.abar, randn_like=noise.randn_like,
-                           time_offset=spec.time_offset, callback=callback)
+        return sample_ddpm(
+            denoise,
+            x,
+            geometry.timesteps,
+            alphas_cumprod=geometry.abar,
+            randn_like=noise.randn_like,
+            time_offset=spec.time_offset,
+            callback=callback,
+        )
     method = "singlestep" if cfg.sampler == "dpm-solver-2" else "multistep"
-    return sample_dpm_solver(denoise, x, geometry.outer_times, schedule=geometry.schedule, method=method,
-                             time_scale=spec.num_timesteps, time_shift=geometry.time_shift, callback=callback)
+    return sample_dpm_solver(
+        denoise,
+        x,
+        geometry.outer_times,
+        schedule=geometry.schedule,
+        method=method,
+        time_scale=spec.num_timesteps,
+        time_shift=geometry.time_shift,
+        callback=callback,
+    )
 
 
 @torch.no_grad()
-def generate(model: nn.Module, spec: DiffusionSpec, seeds: list[int], classes: list[int], cfg: SampleConfig,
-             plan: CachePlan | None = None, decode=None, progress: bool = True) -> torch.Tensor:
+def generate(
+    model: nn.Module,
+    spec: DiffusionSpec,
+    seeds: list[int],
+    classes: list[int],
+    cfg: SampleConfig,
+    plan: CachePlan | None = None,
+    decode=None,
+    progress: bool = True,
+) -> torch.Tensor:
     """Samples (N, C, H, W) in model space (pixels in [-1, 1], or decoded latents when `decode` is given).
 
     Image i depends only on seeds[i] and classes[i], whatever the batch size.
@@ -92,14 +123,25 @@ def generate(model: nn.Module, spec: DiffusionSpec, seeds: list[int], classes: l
     engine = CacheEngine(model, plan) if plan is not None else None
     if plan is not None and plan.num_steps != geometry.num_evaluations:
         engine.detach()
-        raise ValueError(f"the cache plan has {plan.num_steps} steps but {cfg.sampler} with --steps {cfg.steps} "
-                         f"makes {geometry.num_evaluations} model evaluations: use a router trained for them")
+        raise ValueError(
+            f"the cache plan has {plan.num_steps} steps but {cfg.sampler} with --steps {cfg.steps} "
+            f"makes {geometry.num_evaluations} model evaluations: use a router trained for them"
+        )
     out = []
     try:
         batches = range(0, len(seeds), cfg.batch_size)
         for start in tqdm(batches, disable=not progress or len(batches) < 2, desc="sample"):
-            out.append(_sample_batch(model, spec, geometry, seeds[start : start + cfg.batch_size],
-                                     classes[start : start + cfg.batch_size], cfg, engine))
+            out.append(
+                _sample_batch(
+                    model,
+                    spec,
+                    geometry,
+                    seeds[start : start + cfg.batch_size],
+                    classes[start : start + cfg.batch_size],
+                    cfg,
+                    engine,
+                )
+            )
     finally:
         if engine is not None:
             engine.detach()
@@ -138,7 +180,9 @@ def save_grid(images: np.ndarray, path, nrow: int | None = None, scale: int = 1)
     grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[i]
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[
+            i
+        ]
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)

@@ -86,7 +86,11 @@ class SamplerGeometry:
             x0 = (1 / a) ** 0.5 * x - (1 / a - 1) ** 0.5 * eps
             return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
         ns, i = self.schedule, j // 2
-        s, s1, t = (self.outer_times[i].double(), self._continuous_time(j + 1).double(), self.outer_times[i + 1].double())
+        s, s1, t = (
+            self.outer_times[i].double(),
+            self._continuous_time(j + 1).double(),
+            self.outer_times[i + 1].double(),
+        )
         h = ns.marginal_lambda(t) - ns.marginal_lambda(s)
         al = {k: ns.marginal_alpha(v).item() for k, v in (("s", s), ("s1", s1), ("t", t))}
         sg = {k: ns.marginal_std(v).item() for k, v in (("s", s), ("s1", s1), ("t", t))}
@@ -95,4 +99,3 @@ class SamplerGeometry:
         d_s1 = (x_s1 - sg["s1"] * eps_fn(x_s1, self.model_time(j + 1, x.shape[0]))) / al["s1"]
         phi = torch.expm1(-h).item()
         return (sg["t"] / sg["s"]) * x - al["t"] * phi * d_s - al["t"] * phi * (d_s1 - d_s)
-

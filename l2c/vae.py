@@ -30,8 +30,10 @@ class LatentCodec:
 def load_vae(folder: str | Path, device="cpu") -> LatentCodec:
     folder = Path(folder)
     if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder} is not a diffusers AutoencoderKL folder (no config.json); download "
-                                f"stabilityai/sd-vae-ft-ema elsewhere and pass its local folder")
+        raise FileNotFoundError(
+            f"{folder} is not a diffusers AutoencoderKL folder (no config.json); download "
+            f"stabilityai/sd-vae-ft-ema elsewhere and pass its local folder"
+        )
     try:
         from diffusers import AutoencoderKL
     except ImportError as e:

@@ -221,12 +221,14 @@ def test_uvit_separate_guidance_uses_two_caches():
         mods = sublayers(model)
         originals = [m.forward for m in mods]
         for idx, m in enumerate(mods):
+
             def fwd(*a, _o=originals[idx], _i=idx):
                 if step == 2:
                     return store[(tag, _i)]
                 out = _o(*a)
                 store[(tag, _i)] = out
                 return out
+
             m.forward = fwd
         try:
             return model(x, t, labels)
@@ -249,8 +251,14 @@ def test_plan_validation_and_keep():
         CachePlan(torch.tensor([[False, True], [True, True]]))
     plan = CachePlan(torch.tensor([[1, 1], [0, 1], [0, 1], [1, 1]], dtype=torch.bool))
     assert plan.keep().tolist() == [[True, False], [False, False], [False, False], [False, False]]
-    assert plan.summary() == {"executed": 6, "total": 8, "executed_attn": 2, "executed_mlp": 4, "total_attn": 4,
-                              "total_mlp": 4}
+    assert plan.summary() == {
+        "executed": 6,
+        "total": 8,
+        "executed_attn": 2,
+        "executed_mlp": 4,
+        "total_attn": 4,
+        "total_mlp": 4,
+    }
     assert cache_steps_for("alternate", 6) == [1, 3, 5]
     assert cache_steps_for("shifted", 6) == [2, 4]
 
@@ -272,8 +280,9 @@ def test_router_gradients_reach_only_router():
     geometry = SamplerGeometry("ddim", 6, spec_for("DiT"))
     engine = CacheEngine(model, mode="off")
     x0, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3])
-    loss, _ = router_step_loss(model, engine, router, geometry, x0, y, 3, torch.randn_like(x0),
-                               RouterTrainConfig(lam=0.01))
+    loss, _ = router_step_loss(
+        model, engine, router, geometry, x0, y, 3, torch.randn_like(x0), RouterTrainConfig(lam=0.01)
+    )
     loss.backward()
     engine.detach()
     assert all(p.grad is None for p in model.parameters())

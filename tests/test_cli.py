@@ -53,8 +53,29 @@ def test_unknown_model_and_missing_weights(capsys):
 
 def test_sample_random_init_writes_grid_and_npz(tmp_path):
     out, npz = tmp_path / "g.png", tmp_path / "s.npz"
-    assert main(["sample", "--model", "DiT-tiny", "--random-init", "--steps", "4", "--seeds", "0-5", "--classes",
-                 "1,2", "--batch-size", "4", "--out", str(out), "--npz", str(npz)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "DiT-tiny",
+                "--random-init",
+                "--steps",
+                "4",
+                "--seeds",
+                "0-5",
+                "--classes",
+                "1,2",
+                "--batch-size",
+                "4",
+                "--out",
+                str(out),
+                "--npz",
+                str(npz),
+            ]
+        )
+        == 0
+    )
     data = np.load(npz)
     assert data["arr_0"].shape == (6, 8, 8, 1) and data["arr_0"].dtype == np.uint8
     assert data["labels"].tolist() == [1, 2, 1, 2, 1, 2]
@@ -72,9 +93,14 @@ def test_vae_round_trip_with_tiny_autoencoder(tmp_path):
 
     from l2c.vae import load_vae
 
-    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                  layers_per_block=1).save_pretrained(tmp_path / "vae")
+    AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    ).save_pretrained(tmp_path / "vae")
     codec = load_vae(tmp_path / "vae")
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     z = codec.encode(x)
@@ -84,8 +110,10 @@ def test_vae_round_trip_with_tiny_autoencoder(tmp_path):
         load_vae(tmp_path / "nothing")
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.expanduser(os.environ.get("L2C_DATA", "~/.cache/l2c")) + "/mnist.npz"),
-                    reason="MNIST cache not fetched (`l2c fetch-mnist`)")
+@pytest.mark.skipif(
+    not os.path.exists(os.path.expanduser(os.environ.get("L2C_DATA", "~/.cache/l2c")) + "/mnist.npz"),
+    reason="MNIST cache not fetched (`l2c fetch-mnist`)",
+)
 def test_demo_smoke(tmp_path, capsys):
     assert main(["demo", "--images", "20", "--iterations", "4", "--repeats", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

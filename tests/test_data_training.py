@@ -107,25 +107,121 @@ def test_export_model_and_sample_by_path(tmp_path, digits):
     images, labels = digits
     x = images[:64, None].astype(np.float32) / 127.5 - 1
     train_model(TrainModelConfig(model="U-ViT-tiny", steps=2, batch_size=8, ckpt_every=2), x, labels[:64], tmp_path)
-    assert main(["export-model", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "m.safetensors"),
-                 "--half"]) == 0
-    assert main(["sample", "--model", "U-ViT-tiny", "--ckpt", str(tmp_path / "m.safetensors"), "--steps", "4",
-                 "--seeds", "0-3", "--out", str(tmp_path / "g.png"), "--npz", str(tmp_path / "s.npz")]) == 0
+    assert (
+        main(["export-model", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "m.safetensors"), "--half"]) == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "U-ViT-tiny",
+                "--ckpt",
+                str(tmp_path / "m.safetensors"),
+                "--steps",
+                "4",
+                "--seeds",
+                "0-3",
+                "--out",
+                str(tmp_path / "g.png"),
+                "--npz",
+                str(tmp_path / "s.npz"),
+            ]
+        )
+        == 0
+    )
     arr = np.load(tmp_path / "s.npz")["arr_0"]
     assert arr.shape == (4, 8, 8, 1) and arr.dtype == np.uint8
 
 
 def test_train_router_cli_tiny(tmp_path):
     out = tmp_path / "router.safetensors"
-    rc = main(["train-router", "--model", "DiT-tiny", "--random-init", "--data", "generated", "--generated-images",
-               "16", "--steps", "6", "--iterations", "6", "--batch-size", "4", "--lam", "auto", "--out", str(out)])
+    rc = main(
+        [
+            "train-router",
+            "--model",
+            "DiT-tiny",
+            "--random-init",
+            "--data",
+            "generated",
+            "--generated-images",
+            "16",
+            "--steps",
+            "6",
+            "--iterations",
+            "6",
+            "--batch-size",
+            "4",
+            "--lam",
+            "auto",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and out.exists()
     assert (tmp_path / "router" / "router.png").exists() and (tmp_path / "router" / "router_loss.png").exists()
     # resume continues from the working checkpoint (6 of 6 iterations done: nothing left to do, same router)
-    assert main(["train-router", "--model", "DiT-tiny", "--random-init", "--data", "generated", "--generated-images",
-                 "16", "--steps", "6", "--iterations", "6", "--batch-size", "4", "--lam", "0.01", "--out", str(out),
-                 "--resume"]) == 0
-    assert main(["sample", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--seeds", "0-1", "--router",
-                 str(out), "--out", str(tmp_path / "g.png")]) == 0
-    assert main(["sample", "--model", "DiT-tiny", "--random-init", "--steps", "8", "--seeds", "0-1", "--router",
-                 str(out), "--out", str(tmp_path / "g.png")]) == 2  # router made for 6 steps
+    assert (
+        main(
+            [
+                "train-router",
+                "--model",
+                "DiT-tiny",
+                "--random-init",
+                "--data",
+                "generated",
+                "--generated-images",
+                "16",
+                "--steps",
+                "6",
+                "--iterations",
+                "6",
+                "--batch-size",
+                "4",
+                "--lam",
+                "0.01",
+                "--out",
+                str(out),
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "DiT-tiny",
+                "--random-init",
+                "--steps",
+                "6",
+                "--seeds",
+                "0-1",
+                "--router",
+                str(out),
+                "--out",
+                str(tmp_path / "g.png"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "DiT-tiny",
+                "--random-init",
+                "--steps",
+                "8",
+                "--seeds",
+                "0-1",
+                "--router",
+                str(out),
+                "--out",
+                str(tmp_path / "g.png"),
+            ]
+        )
+        == 2
+    )  # router made for 6 steps

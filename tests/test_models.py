@@ -15,40 +15,70 @@ def dit_official_shapes(depth, D, patch, in_ch=4, input_size=32, num_classes=100
     out_ch = in_ch * (2 if learn_sigma else 1)
     T = (input_size // patch) ** 2
     shapes = {
-        "x_embedder.proj.weight": (D, in_ch, patch, patch), "x_embedder.proj.bias": (D,),
-        "t_embedder.mlp.0.weight": (D, 256), "t_embedder.mlp.0.bias": (D,),
-        "t_embedder.mlp.2.weight": (D, D), "t_embedder.mlp.2.bias": (D,),
-        "y_embedder.embedding_table.weight": (num_classes + 1, D), "pos_embed": (1, T, D),
-        "final_layer.linear.weight": (patch * patch * out_ch, D), "final_layer.linear.bias": (patch * patch * out_ch,),
-        "final_layer.adaLN_modulation.1.weight": (2 * D, D), "final_layer.adaLN_modulation.1.bias": (2 * D,),
+        "x_embedder.proj.weight": (D, in_ch, patch, patch),
+        "x_embedder.proj.bias": (D,),
+        "t_embedder.mlp.0.weight": (D, 256),
+        "t_embedder.mlp.0.bias": (D,),
+        "t_embedder.mlp.2.weight": (D, D),
+        "t_embedder.mlp.2.bias": (D,),
+        "y_embedder.embedding_table.weight": (num_classes + 1, D),
+        "pos_embed": (1, T, D),
+        "final_layer.linear.weight": (patch * patch * out_ch, D),
+        "final_layer.linear.bias": (patch * patch * out_ch,),
+        "final_layer.adaLN_modulation.1.weight": (2 * D, D),
+        "final_layer.adaLN_modulation.1.bias": (2 * D,),
     }
     for i in range(depth):
         b = f"blocks.{i}."
-        shapes.update({
-            b + "attn.qkv.weight": (3 * D, D), b + "attn.qkv.bias": (3 * D,), b + "attn.proj.weight": (D, D),
-            b + "attn.proj.bias": (D,), b + "mlp.fc1.weight": (4 * D, D), b + "mlp.fc1.bias": (4 * D,),
-            b + "mlp.fc2.weight": (D, 4 * D), b + "mlp.fc2.bias": (D,),
-            b + "adaLN_modulation.1.weight": (6 * D, D), b + "adaLN_modulation.1.bias": (6 * D,),
-        })
+        shapes.update(
+            {
+                b + "attn.qkv.weight": (3 * D, D),
+                b + "attn.qkv.bias": (3 * D,),
+                b + "attn.proj.weight": (D, D),
+                b + "attn.proj.bias": (D,),
+                b + "mlp.fc1.weight": (4 * D, D),
+                b + "mlp.fc1.bias": (4 * D,),
+                b + "mlp.fc2.weight": (D, 4 * D),
+                b + "mlp.fc2.bias": (D,),
+                b + "adaLN_modulation.1.weight": (6 * D, D),
+                b + "adaLN_modulation.1.bias": (6 * D,),
+            }
+        )
     return shapes
 
 
 def uvit_official_shapes(depth, D, patch=2, in_ch=4, img=32, num_classes=1001):
     T = (img // patch) ** 2 + 2
     shapes = {
-        "patch_embed.proj.weight": (D, in_ch, patch, patch), "patch_embed.proj.bias": (D,), "pos_embed": (1, T, D),
-        "label_emb.weight": (num_classes, D), "norm.weight": (D,), "norm.bias": (D,),
-        "decoder_pred.weight": (patch * patch * in_ch, D), "decoder_pred.bias": (patch * patch * in_ch,),
+        "patch_embed.proj.weight": (D, in_ch, patch, patch),
+        "patch_embed.proj.bias": (D,),
+        "pos_embed": (1, T, D),
+        "label_emb.weight": (num_classes, D),
+        "norm.weight": (D,),
+        "norm.bias": (D,),
+        "decoder_pred.weight": (patch * patch * in_ch, D),
+        "decoder_pred.bias": (patch * patch * in_ch,),
     }
-    names = [f"in_blocks.{i}" for i in range(depth // 2)] + ["mid_block"] + [f"out_blocks.{i}" for i in range(depth // 2)]
+    names = (
+        [f"in_blocks.{i}" for i in range(depth // 2)] + ["mid_block"] + [f"out_blocks.{i}" for i in range(depth // 2)]
+    )
     for n in names:
         b = n + "."
-        shapes.update({
-            b + "norm1.weight": (D,), b + "norm1.bias": (D,), b + "attn.qkv.weight": (3 * D, D),
-            b + "attn.proj.weight": (D, D), b + "attn.proj.bias": (D,), b + "norm2.weight": (D,), b + "norm2.bias": (D,),
-            b + "mlp.fc1.weight": (4 * D, D), b + "mlp.fc1.bias": (4 * D,), b + "mlp.fc2.weight": (D, 4 * D),
-            b + "mlp.fc2.bias": (D,),
-        })
+        shapes.update(
+            {
+                b + "norm1.weight": (D,),
+                b + "norm1.bias": (D,),
+                b + "attn.qkv.weight": (3 * D, D),
+                b + "attn.proj.weight": (D, D),
+                b + "attn.proj.bias": (D,),
+                b + "norm2.weight": (D,),
+                b + "norm2.bias": (D,),
+                b + "mlp.fc1.weight": (4 * D, D),
+                b + "mlp.fc1.bias": (4 * D,),
+                b + "mlp.fc2.weight": (D, 4 * D),
+                b + "mlp.fc2.bias": (D,),
+            }
+        )
         if n.startswith("out_blocks"):
             shapes.update({b + "skip_linear.weight": (D, 2 * D), b + "skip_linear.bias": (D,)})
     return shapes
@@ -156,7 +186,9 @@ def reference_uvit(sd, x, t, y, depth, heads, p, C):
     def block(h, name, skip=None):
         if skip is not None:
             h = _linear(torch.cat([h, skip], -1), sd, name + ".skip_linear")
-        h = h + _attention(_ln(h, 1e-5, sd[name + ".norm1.weight"], sd[name + ".norm1.bias"]), sd, name + ".attn", heads)
+        h = h + _attention(
+            _ln(h, 1e-5, sd[name + ".norm1.weight"], sd[name + ".norm1.bias"]), sd, name + ".attn", heads
+        )
         m = _ln(h, 1e-5, sd[name + ".norm2.weight"], sd[name + ".norm2.bias"])
         return h + _linear(_gelu(_linear(m, sd, name + ".mlp.fc1")), sd, name + ".mlp.fc2")
 

@@ -22,12 +22,15 @@ UVIT50 = [0] * 9 + [1, 1, 2, 2, 4, 4, 4, 3, 2, 2, 6, 8, 11, 15, 23]
 
 
 @needs_official
-@pytest.mark.parametrize("name,arch,steps,theta,per_step,totals,macs_t", [
-    ("DDIM20_router.pt", "dit", 20, 0.1, DIT20, (312, 560, 157, 155), 1.78),
-    ("DDIM50_router.pt", "dit", 50, 0.1, DIT50, (736, 1400, 371, 365), 4.36),
-    ("dpm20_router.pth", "uvit", 20, 0.9, UVIT20, (189, 522, 103, 86), None),
-    ("dpm50_router.pth", "uvit", 50, 0.9, UVIT50, (88, 1392, 47, 41), None),
-])
+@pytest.mark.parametrize(
+    "name,arch,steps,theta,per_step,totals,macs_t",
+    [
+        ("DDIM20_router.pt", "dit", 20, 0.1, DIT20, (312, 560, 157, 155), 1.78),
+        ("DDIM50_router.pt", "dit", 50, 0.1, DIT50, (736, 1400, 371, 365), 4.36),
+        ("dpm20_router.pth", "uvit", 20, 0.9, UVIT20, (189, 522, 103, 86), None),
+        ("dpm50_router.pth", "uvit", 50, 0.9, UVIT50, (88, 1392, 47, 41), None),
+    ],
+)
 def test_official_router_counts(name, arch, steps, theta, per_step, totals, macs_t):
     router, meta = import_official(os.path.join(official_routers_dir(), name), arch, steps)
     macs = profile_macs("DiT-XL/2" if arch == "dit" else "U-ViT-H/2")
@@ -64,11 +67,40 @@ def test_official_import_rejects_wrong_steps_and_arch():
 @needs_official
 def test_cli_router_import_and_show_json(tmp_path, capsys):
     out = tmp_path / "r.safetensors"
-    assert main(["router", "import", os.path.join(official_routers_dir(), "DDIM20_router.pt"), "--arch", "dit",
-                 "--steps", "20", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "router",
+                "import",
+                os.path.join(official_routers_dir(), "DDIM20_router.pt"),
+                "--arch",
+                "dit",
+                "--steps",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["router", "show", str(out), "--threshold", "0.1", "--model", "DiT-XL/2", "--json",
-                 "--png", str(tmp_path / "r.png")]) == 0
+    assert (
+        main(
+            [
+                "router",
+                "show",
+                str(out),
+                "--threshold",
+                "0.1",
+                "--model",
+                "DiT-XL/2",
+                "--json",
+                "--png",
+                str(tmp_path / "r.png"),
+            ]
+        )
+        == 0
+    )
     s = json.loads(capsys.readouterr().out)
     assert (s["executed"], s["total"], s["executed_attn"], s["executed_mlp"]) == (312, 560, 157, 155)
     assert s["per_step"] == DIT20
@@ -91,7 +123,7 @@ def test_router_file_round_trip_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_router(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="router import"):
-        load_router(tmp_path / "official.pt")  if (tmp_path / "official.pt").write_bytes(b"x") else None
+        load_router(tmp_path / "official.pt") if (tmp_path / "official.pt").write_bytes(b"x") else None
     nan = Router(6, 4, [1])
     nan.logits.data[1, 0] = float("nan")
     save_router(nan, tmp_path / "nan.safetensors", {})

@@ -24,9 +24,58 @@ from l2c.sampling import (
 from l2c.sampling.schedules import alphas_cumprod, linear_betas, scaled_linear_betas
 
 SPEC_N20 = [0, 53, 105, 158, 210, 263, 315, 368, 421, 473, 526, 578, 631, 684, 736, 789, 841, 894, 946, 999]
-SPEC_N50 = [0, 20, 41, 61, 82, 102, 122, 143, 163, 183, 204, 224, 245, 265, 285, 306, 326, 347, 367, 387, 408, 428,
-            449, 469, 489, 510, 530, 550, 571, 591, 612, 632, 652, 673, 693, 714, 734, 754, 775, 795, 816, 836, 856,
-            877, 897, 917, 938, 958, 979, 999]
+SPEC_N50 = [
+    0,
+    20,
+    41,
+    61,
+    82,
+    102,
+    122,
+    143,
+    163,
+    183,
+    204,
+    224,
+    245,
+    265,
+    285,
+    306,
+    326,
+    347,
+    367,
+    387,
+    408,
+    428,
+    449,
+    469,
+    489,
+    510,
+    530,
+    550,
+    571,
+    591,
+    612,
+    632,
+    652,
+    673,
+    693,
+    714,
+    734,
+    754,
+    775,
+    795,
+    816,
+    836,
+    856,
+    877,
+    897,
+    917,
+    938,
+    958,
+    979,
+    999,
+]
 
 
 def test_respaced_timesteps_equal_spec_lists():
@@ -46,15 +95,24 @@ def test_ddim_matches_diffusers(eta):
     from diffusers import DDIMScheduler
 
     N = 20
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                          clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+    sched = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing="leading",
+    )
     sched.set_timesteps(N)
     ts = sorted(int(t) for t in sched.timesteps)
     x0 = torch.randn(3, 2, 4, 4, dtype=torch.float64)
     noises = [torch.randn_like(x0) for _ in range(N)]
     it = iter(noises)
-    ours = sample_ddim(toy_eps, x0.clone(), ts, alphas_cumprod=alphas_cumprod(linear_betas()), eta=eta,
-                       randn_like=lambda x: next(it))
+    ours = sample_ddim(
+        toy_eps, x0.clone(), ts, alphas_cumprod=alphas_cumprod(linear_betas()), eta=eta, randn_like=lambda x: next(it)
+    )
     x = x0.clone()
     for i, t in enumerate(sched.timesteps):
         x = sched.step(toy_eps(x, torch.full((3,), float(t))), t, x, eta=eta, variance_noise=noises[i]).prev_sample
@@ -150,16 +208,25 @@ def test_dpm_solver_multistep_matches_diffusers():
     from diffusers import DPMSolverMultistepScheduler
 
     N = 20
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                                        beta_end=0.012, algorithm_type="dpmsolver++", solver_order=2,
-                                        solver_type="midpoint", lower_order_final=True, final_sigmas_type="sigma_min")
+    sched = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="sigma_min",
+    )
     sched.set_timesteps(N)
     discrete = [int(t) for t in sched.timesteps]
     # Our continuous time t ↔ diffusers' index t*1000 - 1; the last time is σ_min's, index 0.
     times = torch.tensor([(d + 1) / 1000 for d in discrete] + [1e-3], dtype=torch.float64)
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
-    ours = sample_dpm_solver(toy_eps, x.clone(), times, schedule=NoiseScheduleVP(scaled_linear_betas()),
-                             method="multistep", time_shift=-1.0)
+    ours = sample_dpm_solver(
+        toy_eps, x.clone(), times, schedule=NoiseScheduleVP(scaled_linear_betas()), method="multistep", time_shift=-1.0
+    )
     ref = x.clone().float()
     for t in sched.timesteps:
         ref = sched.step(toy_eps(ref, torch.full((2,), float(t))), t, ref).prev_sample
@@ -177,16 +244,22 @@ def test_stacked_generator_rows_depend_only_on_seed():
         parse_int_list("3-1")
 
 
-@pytest.mark.parametrize("preset,sampler", [("DiT-tiny", "ddim"), ("DiT-tiny", "ddpm"), ("U-ViT-tiny", "dpm-solver-2"),
-                                            ("U-ViT-tiny", "dpm-solver-2m")])
+@pytest.mark.parametrize(
+    "preset,sampler",
+    [("DiT-tiny", "ddim"), ("DiT-tiny", "ddpm"), ("U-ViT-tiny", "dpm-solver-2"), ("U-ViT-tiny", "dpm-solver-2m")],
+)
 def test_images_independent_of_batch_size(preset, sampler):
     model = create_model(preset).double().eval()  # float64: batch-size-dependent BLAS blocking stays below 1e-9
     for p in model.parameters():
         p.data.normal_(0, 0.2)
     spec = DiffusionSpec("linear", 0 if preset.startswith("DiT") else 1)
     seeds, classes = [3, 1, 4, 1, 5], [0, 1, 2, 3, 4]
-    a = generate(model, spec, seeds, classes, SampleConfig(sampler=sampler, steps=6, eta=0.5, batch_size=5), progress=False)
-    b = generate(model, spec, seeds, classes, SampleConfig(sampler=sampler, steps=6, eta=0.5, batch_size=2), progress=False)
+    a = generate(
+        model, spec, seeds, classes, SampleConfig(sampler=sampler, steps=6, eta=0.5, batch_size=5), progress=False
+    )
+    b = generate(
+        model, spec, seeds, classes, SampleConfig(sampler=sampler, steps=6, eta=0.5, batch_size=2), progress=False
+    )
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     c = generate(model, spec, seeds[2:3], classes[2:3], SampleConfig(sampler=sampler, steps=6, eta=0.5), progress=False)
     torch.testing.assert_close(a[2:3], c, rtol=1e-9, atol=1e-9)
@@ -196,7 +269,9 @@ def test_batched_cfg_guides_only_first_channels_like_dit():
     y = torch.tensor([1, 2])
 
     def model(x, t, yy):  # output channel c of row n = (label + 1) * (c + 1)
-        return (yy.float() + 1)[:, None, None, None] * torch.arange(1, 9.0)[None, :, None, None].expand(len(yy), 8, 1, 1)
+        return (yy.float() + 1)[:, None, None, None] * torch.arange(1, 9.0)[None, :, None, None].expand(
+            len(yy), 8, 1, 1
+        )
 
     out = batched_cfg_denoiser(model, y, scale=4.0, null_class=10, guided_channels=3)(torch.zeros(4, 4, 1, 1), None, 0)
     cond, uncond = (y.float() + 1), torch.tensor(11.0)

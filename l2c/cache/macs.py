@@ -25,8 +25,11 @@ class MacProfile:
     always_linear: float  # Linear/Conv MACs outside the cacheable sub-layers (embeddings, adaLN, skips, head)
 
     def per_evaluation(self, compute_row, convention: str = "paper") -> float:
-        per = self.sublayer_linear if convention == "paper" else [
-            a + b for a, b in zip(self.sublayer_linear, self.sublayer_attention)]
+        per = (
+            self.sublayer_linear
+            if convention == "paper"
+            else [a + b for a, b in zip(self.sublayer_linear, self.sublayer_attention)]
+        )
         return self.always_linear + sum(m for m, c in zip(per, compute_row) if c)
 
     def full(self, convention: str = "paper") -> float:

@@ -64,7 +64,10 @@ class CachePlan:
         """Executed counts over `steps` (default: all), with the attention / MLP split."""
         c = self.compute if steps is None else self.compute[steps]
         return {
-            "executed": int(c.sum()), "total": int(c.numel()),
-            "executed_attn": int(c[:, 0::2].sum()), "executed_mlp": int(c[:, 1::2].sum()),
-            "total_attn": int(c[:, 0::2].numel()), "total_mlp": int(c[:, 1::2].numel()),
+            "executed": int(c.sum()),
+            "total": int(c.numel()),
+            "executed_attn": int(c[:, 0::2].sum()),
+            "executed_mlp": int(c[:, 1::2].sum()),
+            "total_attn": int(c[:, 0::2].numel()),
+            "total_mlp": int(c[:, 1::2].numel()),
         }

@@ -75,8 +75,10 @@ def load_mnist(split: str = "train", path: Path | None = None) -> tuple[np.ndarr
     try:
         data = np.load(path)
         if split == "trainval":
-            return (np.concatenate([data["train_images"], data["val_images"]]),
-                    np.concatenate([data["train_labels"], data["val_labels"]]))
+            return (
+                np.concatenate([data["train_images"], data["val_images"]]),
+                np.concatenate([data["train_labels"], data["val_labels"]]),
+            )
         if split not in SPLITS:
             raise ValueError(f"unknown MNIST split {split!r}; use one of {SPLITS + ('trainval',)}")
         return data[f"{split}_images"], data[f"{split}_labels"]
@@ -88,4 +90,4 @@ def load_mnist(split: str = "train", path: Path | None = None) -> tuple[np.ndarr
 
 def to_model_range(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W) -> float32 (N, 1, H, W) in [-1, 1]."""
-    return (images.astype(np.float32)[:, None] / 127.5 - 1.0)
+    return images.astype(np.float32)[:, None] / 127.5 - 1.0

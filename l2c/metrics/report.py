@@ -27,8 +27,9 @@ def reference_statistics() -> tuple[np.ndarray, np.ndarray]:
     return ref["mu"], ref["sigma"]
 
 
-def mnist_metrics(images_uint8: np.ndarray, labels: np.ndarray | None = None, classifier=None,
-                  pr_reference: int = 10000) -> dict:
+def mnist_metrics(
+    images_uint8: np.ndarray, labels: np.ndarray | None = None, classifier=None, pr_reference: int = 10000
+) -> dict:
     """FID against the MNIST test set, IS, precision / recall (k = 3), and class accuracy when labels are given."""
     images_uint8 = np.asarray(images_uint8)
     if images_uint8.dtype != np.uint8 or images_uint8.reshape(len(images_uint8), -1).shape[1] != 784:
@@ -37,8 +38,11 @@ def mnist_metrics(images_uint8: np.ndarray, labels: np.ndarray | None = None, cl
     feats, logits = classify(classifier, images_uint8)
     mu_r, sigma_r = reference_statistics()
     mu, sigma = feature_statistics(feats)
-    out = {"n": len(images_uint8), "fid": frechet_distance(mu, sigma, mu_r, sigma_r),
-           "inception_score": inception_score(logits)}
+    out = {
+        "n": len(images_uint8),
+        "fid": frechet_distance(mu, sigma, mu_r, sigma_r),
+        "inception_score": inception_score(logits),
+    }
     try:
         out["precision"], out["recall"] = precision_recall(_reference_features(classifier, pr_reference), feats)
     except FileNotFoundError:

@@ -50,8 +50,11 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], preset: str)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {expected[k]}"
-             for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+    wrong = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {expected[k]}"
+        for k in expected
+        if k in sd and tuple(sd[k].shape) != expected[k]
+    ]
     if not (missing or unexpected or wrong):
         return
     lines = [f"checkpoint does not fit preset {preset!r}:"]
@@ -59,8 +62,11 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], preset: str)
         if items:
             lines.append(f"  {len(items)} {label}, first: {', '.join(items[:3])}")
     fits = matching_presets(sd)
-    lines.append(f"  presets whose keys and shapes fit: {', '.join(fits)}" if fits else
-                 "  no known preset fits it (is it a DiT / U-ViT checkpoint?)")
+    lines.append(
+        f"  presets whose keys and shapes fit: {', '.join(fits)}"
+        if fits
+        else "  no known preset fits it (is it a DiT / U-ViT checkpoint?)"
+    )
     raise ValueError("\n".join(lines))
 
 

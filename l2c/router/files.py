@@ -30,10 +30,18 @@ def save_router(router: Router, path: str | Path, meta: dict) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "format": FORMAT, "version": VERSION, "num_steps": router.num_steps,
-            "num_sublayers": router.num_sublayers, "cache_steps": router.cache_steps}
+    meta = {
+        **meta,
+        "format": FORMAT,
+        "version": VERSION,
+        "num_steps": router.num_steps,
+        "num_sublayers": router.num_sublayers,
+        "cache_steps": router.cache_steps,
+    }
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"logits": router.logits.detach().float().contiguous()}, str(tmp), metadata={"l2c_router": json.dumps(meta)})
+    save_file(
+        {"logits": router.logits.detach().float().contiguous()}, str(tmp), metadata={"l2c_router": json.dumps(meta)}
+    )
     os.replace(tmp, path)
 
 
@@ -45,8 +53,10 @@ def load_router(path: str | Path) -> tuple[Router, dict]:
     if not path.exists():
         raise FileNotFoundError(f"router file not found: {path} (tried {path.resolve()})")
     if path.suffix in (".pt", ".pth"):
-        raise ValueError(f"{path} looks like an official router file: convert it first with "
-                         f"`l2c router import {path} --arch dit|uvit --steps N --out ROUTER.safetensors`")
+        raise ValueError(
+            f"{path} looks like an official router file: convert it first with "
+            f"`l2c router import {path} --arch dit|uvit --steps N --out ROUTER.safetensors`"
+        )
     try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("l2c_router", "null"))
@@ -69,7 +79,9 @@ def import_official(path: str | Path, arch: str, steps: int) -> tuple[Router, di
     obj = safe_torch_load(path, safe_globals=[argparse.Namespace])
     if arch == "dit":
         if not isinstance(obj, dict) or "routers" not in obj:
-            raise ValueError(f"{path} is not an official DiT router file (no 'routers' entry); is it U-ViT (--arch uvit)?")
+            raise ValueError(
+                f"{path} is not an official DiT router file (no 'routers' entry); is it U-ViT (--arch uvit)?"
+            )
         probs, args = obj["routers"], obj.get("args")
     elif arch == "uvit":
         if isinstance(obj, dict) and "routers" in obj:
@@ -79,18 +91,29 @@ def import_official(path: str | Path, arch: str, steps: int) -> tuple[Router, di
         raise ValueError(f"unknown architecture {arch!r}; use 'dit' or 'uvit'")
     rows = _ordered_rows(probs, path)
     if len(rows) != steps:
-        raise ValueError(f"{path} holds {len(rows)} routers but --steps is {steps}: it was trained for {len(rows)} "
-                         f"{'DDIM steps' if arch == 'dit' else 'NFE'}")
+        raise ValueError(
+            f"{path} holds {len(rows)} routers but --steps is {steps}: it was trained for {len(rows)} "
+            f"{'DDIM steps' if arch == 'dit' else 'NFE'}"
+        )
     logits = torch.stack(rows).float()
     if arch == "dit":
         # Official k = respaced index, k = 0 least noisy; sampling runs k = N-1 -> 0. Cache steps: even k.
         ours = logits.flip(0)
         cache_steps = sorted(steps - 1 - k for k in range(steps) if k % 2 == 0 and k != steps - 1)
-        meta = {"arch": "dit", "sampler": "ddim", "steps": steps, "schedule": "alternate", "threshold": 0.1,
-                "model": "DiT-XL/2", "guidance": 1.5}
+        meta = {
+            "arch": "dit",
+            "sampler": "ddim",
+            "steps": steps,
+            "schedule": "alternate",
+            "threshold": 0.1,
+            "model": "DiT-XL/2",
+            "guidance": 1.5,
+        }
         if args is not None:
             meta["lambda"] = getattr(args, "l1", None)
-            meta["training"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
+            meta["training"] = {
+                k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))
+            }
     else:
         if steps % 2:
             raise ValueError(f"U-ViT routers are for DPM-Solver-2 with an even NFE, got {steps}")
@@ -98,8 +121,16 @@ def import_official(path: str | Path, arch: str, steps: int) -> tuple[Router, di
         cache_steps = cache_steps_for("shifted", steps)
         for j in cache_steps:
             ours[j] = logits[j // 2]  # evaluation j = 2i uses official router i
-        meta = {"arch": "uvit", "sampler": "dpm-solver-2", "steps": steps, "schedule": "shifted", "threshold": 0.9,
-                "model": "U-ViT-H/2", "guidance": 1.4, "lambda": 0.1}
+        meta = {
+            "arch": "uvit",
+            "sampler": "dpm-solver-2",
+            "steps": steps,
+            "schedule": "shifted",
+            "threshold": 0.9,
+            "model": "U-ViT-H/2",
+            "guidance": 1.4,
+            "lambda": 0.1,
+        }
     meta["imported_from"] = Path(path).name
     router = Router(steps, logits.shape[1], cache_steps)
     router.logits.data.copy_(ours)

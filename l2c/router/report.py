@@ -19,6 +19,8 @@ def router_summary(router: Router, threshold: float, macs: MacProfile | None = N
         num_steps=router.num_steps,
         cache_steps=router.cache_steps,
         per_step=[per_step_all[s] for s in router.cache_steps],
+        per_step_attn=plan.compute[router.cache_steps, 0::2].sum(1).tolist(),
+        per_step_mlp=plan.compute[router.cache_steps, 1::2].sum(1).tolist(),
         per_step_all=per_step_all,
         executed_all=int(plan.compute.sum()),
         total_all=int(plan.compute.numel()),
@@ -40,20 +42,23 @@ def plan_macs(plan: CachePlan, macs: MacProfile) -> dict:
     return out
 
 
-def format_table(summary: dict, labels: list[str] | None = None) -> str:
-    lines = [f"{'step':>5} {'label':>8} {'executed':>9}"]
-    for s, n in zip(summary["cache_steps"], summary["per_step"]):
-        label = labels[s] if labels else ""
-        lines.append(f"{s:>5} {label:>8} {n:>9}")
-    L = summary["total"] // max(len(summary["cache_steps"]), 1)
+def format_table(summary: dict) -> str:
+    """Per cache step (sampling order): executed sub-layers, attention / MLP split; then totals and MACs."""
+    lines = [f"{'step':>5} {'executed':>9} {'attn':>5} {'mlp':>5}"]
+    for row in zip(summary["cache_steps"], summary["per_step"], summary["per_step_attn"], summary["per_step_mlp"]):
+        lines.append("{:>5} {:>9} {:>5} {:>5}".format(*row))
+    steps = len(summary["cache_steps"])
     lines.append(
-        f"cache steps: {len(summary['cache_steps'])} x {L} sub-layers; executed {summary['executed']}/{summary['total']}"
-        f" (attention {summary['executed_attn']}/{summary['total_attn']}, MLP {summary['executed_mlp']}/"
-        f"{summary['total_mlp']}); removed {100 * summary['removed_ratio']:.2f}% at θ = {summary['threshold']}"
+        f"{steps} cache steps x {summary['total'] // max(steps, 1)} sub-layers: executed "
+        f"{summary['executed']}/{summary['total']} (attention {summary['executed_attn']}/{summary['total_attn']}, "
+        f"MLP {summary['executed_mlp']}/{summary['total_mlp']}); removed {100 * summary['removed_ratio']:.2f}% "
+        f"at θ = {summary['threshold']}"
     )
     if "macs_paper" in summary:
-        lines.append(f"MACs per image (Linear/Conv, paper convention): {summary['macs_paper'] / 1e9:.2f} G of "
-                     f"{summary['macs_full'] / 1e9:.2f} G ({summary['mac_speedup']:.2f}x fewer)")
+        lines.append(
+            f"MACs per image, whole run (Linear/Conv, paper convention): {summary['macs_paper'] / 1e9:.2f} G of "
+            f"{summary['macs_full'] / 1e9:.2f} G ({summary['mac_speedup']:.2f}x fewer)"
+        )
     return "\n".join(lines)
 
 

@@ -7,7 +7,15 @@ from .schedules import NoiseScheduleVP, space_timesteps
 from .seeds import StackedRandomGenerator, parse_int_list
 
 __all__ = [
-    "sample_ddim", "sample_ddpm", "sample_dpm_solver", "time_uniform", "batched_cfg_denoiser",
-    "conditional_denoiser", "separate_cfg_denoiser", "NoiseScheduleVP", "space_timesteps",
-    "StackedRandomGenerator", "parse_int_list",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpm_solver",
+    "time_uniform",
+    "batched_cfg_denoiser",
+    "conditional_denoiser",
+    "separate_cfg_denoiser",
+    "NoiseScheduleVP",
+    "space_timesteps",
+    "StackedRandomGenerator",
+    "parse_int_list",
 ]

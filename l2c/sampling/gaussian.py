@@ -64,7 +64,8 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     cdf_delta = cdf_plus - cdf_min
     return torch.where(
-        x < -0.999, log_cdf_plus,
+        x < -0.999,
+        log_cdf_plus,
         torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))),
     )
 

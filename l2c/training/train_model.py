@@ -116,9 +116,14 @@ def _update_ema(ema, model, decay: float) -> None:
 def _save(cfg, spec, model, ema, opt, state, out_dir: Path) -> None:
     atomic_torch_save(
         {
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-            "step": state["step"], "losses": state["losses"], "wall_s": state["wall_s"],
-            "config": asdict(cfg), "diffusion": asdict(spec),
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "step": state["step"],
+            "losses": state["losses"],
+            "wall_s": state["wall_s"],
+            "config": asdict(cfg),
+            "diffusion": asdict(spec),
         },
         out_dir / "checkpoint.pt",
     )
@@ -131,7 +136,9 @@ def _save(cfg, spec, model, ema, opt, state, out_dir: Path) -> None:
 def _load_training_state(path, cfg, model, ema, opt) -> dict:
     ckpt = safe_torch_load(path)
     if ckpt["config"]["model"] != cfg.model:
-        raise ValueError(f"{path} trains {ckpt['config']['model']!r}, not {cfg.model!r}; use --model {ckpt['config']['model']}")
+        raise ValueError(
+            f"{path} trains {ckpt['config']['model']!r}, not {cfg.model!r}; use --model {ckpt['config']['model']}"
+        )
     model.load_state_dict(ckpt["model"])
     ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["opt"])

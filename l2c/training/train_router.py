@@ -58,8 +58,17 @@ def official_defaults(arch: str, steps: int) -> dict:
     return dict(lam=0.1, lr=1e-3, loss="sum", clamp=0.0, threshold=0.9, batch_size=64, iterations=40000)
 
 
-def router_step_loss(model, engine: CacheEngine, router: Router, geometry: SamplerGeometry, x0, y, m: int,
-                     noise: torch.Tensor, cfg: RouterTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def router_step_loss(
+    model,
+    engine: CacheEngine,
+    router: Router,
+    geometry: SamplerGeometry,
+    x0,
+    y,
+    m: int,
+    noise: torch.Tensor,
+    cfg: RouterTrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss, distillation part) of one batch at cache evaluation m (Algorithm 1, lines 3-7)."""
     x_s, j = geometry.predecessor_state(x0, m, noise)
 
@@ -86,8 +95,15 @@ def router_step_loss(model, engine: CacheEngine, router: Router, geometry: Sampl
 
 
 @torch.no_grad()
-def caching_errors(model, router: Router, geometry: SamplerGeometry, sample_batch: Callable, batch_size: int = 32,
-                   loss: str = "mean", seed: int = 0) -> torch.Tensor:
+def caching_errors(
+    model,
+    router: Router,
+    geometry: SamplerGeometry,
+    sample_batch: Callable,
+    batch_size: int = 32,
+    loss: str = "mean",
+    seed: int = 0,
+) -> torch.Tensor:
     """(cache steps, L) distillation error of reusing ONE sub-layer at one cache step, all others computed.
 
     The paper's Fig. 3 quantity, measured with the training loss itself. Used to pick λ: with the loss
@@ -120,8 +136,15 @@ def lambda_for_removal(errors: torch.Tensor, target_removal: float) -> float:
     return float(torch.quantile(errors.flatten().double(), target_removal))
 
 
-def train_router(model, router: Router, geometry: SamplerGeometry, sample_batch: Callable, cfg: RouterTrainConfig,
-                 out_dir: Path | None = None, resume: bool = False) -> dict:
+def train_router(
+    model,
+    router: Router,
+    geometry: SamplerGeometry,
+    sample_batch: Callable,
+    cfg: RouterTrainConfig,
+    out_dir: Path | None = None,
+    resume: bool = False,
+) -> dict:
     """sample_batch(generator, n) -> (x0 (n,C,H,W), labels (n,)). Returns the loss history."""
     model.eval().requires_grad_(False)
     opt = torch.optim.AdamW([router.logits], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -155,13 +178,26 @@ def train_router(model, router: Router, geometry: SamplerGeometry, sample_batch:
                     router.logits.clamp_(-cfg.clamp, cfg.clamp)
             engine.reset()
             active = float(torch.sigmoid(router.logits.detach()[router.cache_steps]).mean())
-            for k, v in (("iteration", it + 1), ("step", m), ("loss", loss.item()), ("distill", distill.item()),
-                         ("active", active)):
+            for k, v in (
+                ("iteration", it + 1),
+                ("step", m),
+                ("loss", loss.item()),
+                ("distill", distill.item()),
+                ("active", active),
+            ):
                 history[k].append(v)
             bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.3g}", mean_score=f"{active:.2f}")
             if ckpt is not None and ((it + 1) % cfg.ckpt_every == 0 or it + 1 == cfg.iterations):
-                atomic_torch_save({"logits": router.logits.detach().clone(), "opt": opt.state_dict(),
-                                   "history": history, "iteration": it + 1, "config": asdict(cfg)}, ckpt)
+                atomic_torch_save(
+                    {
+                        "logits": router.logits.detach().clone(),
+                        "opt": opt.state_dict(),
+                        "history": history,
+                        "iteration": it + 1,
+                        "config": asdict(cfg),
+                    },
+                    ckpt,
+                )
     finally:
         engine.detach()
     history["wall_s"] = time.time() - t0
