@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     m.add_argument("--ema-decay", type=float, default=0.9995, help="EMA decay")
     m.add_argument("--schedule", default="", help="beta schedule (linear | scaled_linear); '' = architecture default")
+    m.add_argument("--min-snr-gamma", type=float, default=5.0, help="Min-SNR-γ loss weighting (0 = uniform, as DiT)")
     m.add_argument("--seed", type=int, default=0, help="seed")
     m.add_argument("--ckpt-every", type=int, default=500, help="steps between atomic checkpoints")
     m.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")

@@ -172,6 +172,7 @@ def cmd_train_model(args) -> int:
         lr=args.lr,
         warmup=args.warmup,
         ema_decay=args.ema_decay,
+        min_snr_gamma=args.min_snr_gamma,
         schedule=args.schedule,
         seed=args.seed,
         ckpt_every=args.ckpt_every,
@@ -311,7 +312,7 @@ def small_model_defaults(arch: str) -> dict:
     return dict(iterations=400, batch_size=16, lr=1e-1, lam="auto", loss=loss, clamp=5.0, threshold=0.5)
 
 
-def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target_removal: float) -> float:
+def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target_removal: float, batch_size=32):
     """A number, or "auto": the target-removal quantile of single-layer caching errors measured on this model."""
     if lam != "auto":
         try:
@@ -320,7 +321,7 @@ def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target
             raise ValueError(f"--lam must be a number or 'auto', got {lam!r}") from None
     from .training.train_router import caching_errors, lambda_for_removal
 
-    errors = caching_errors(model, router, geometry, sample_batch, loss=loss)
+    errors = caching_errors(model, router, geometry, sample_batch, batch_size=batch_size, loss=loss)
     value = lambda_for_removal(errors, target_removal)
     print(
         f"λ = {value:.3g}: the {target_removal:.0%} quantile of single-layer caching errors "

@@ -40,6 +40,7 @@ class TrainModelConfig:
     seed: int = 0
     ckpt_every: int = 500  # steps between atomic checkpoints
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    min_snr_gamma: float = 0.0  # > 0: Min-SNR-γ loss weights (faster convergence); 0 = DiT's uniform weights
     random_flip: bool = False  # ADM's horizontal flips (natural images; not for digits)
 
     def __post_init__(self):
@@ -89,7 +90,7 @@ def _run(cfg, spec: DiffusionSpec, model, ema, opt, state, images, labels, out_d
         y[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = null
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-        loss = epsilon_loss(model, x0, y, gen, spec, abar)
+        loss = epsilon_loss(model, x0, y, gen, spec, abar, cfg.min_snr_gamma)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr (now {cfg.lr})")
         opt.zero_grad(set_to_none=True)
