@@ -105,7 +105,7 @@ def _train_router(model, spec, sampler, args, out):
     cfg = RouterTrainConfig(**settings)
 
     print(
-        f"[2/4] training a router: {cfg.iterations} iterations, batch {cfg.batch_size}, λ = {cfg.lam}, "
+        f"[2/4] training a router: {cfg.iterations} iterations, batch {cfg.batch_size}, λ = {cfg.lam:.3g}, "
         f"lr = {cfg.lr} (Algorithm 1)"
     )
     history = train_router(model, router, geometry, sample_batch, cfg, out_dir=out / "router_work")
@@ -123,7 +123,7 @@ def _train_router(model, spec, sampler, args, out):
             "data": "mnist",
         },
     )
-    plot_router(router, threshold, out / "router.png", title=f"{args.model} {sampler}-20, λ = {cfg.lam}")
+    plot_router(router, threshold, out / "router.png", title=f"{args.model} {sampler}-20, λ = {cfg.lam:.3g}")
     print(f"      router trained in {history['wall_s']:.0f} s")
     return router, threshold
 
@@ -163,7 +163,8 @@ def _rows(model, meta, router, threshold, plan, plain, cached, classes, timing):
 
 def _format(rows, n) -> str:
     head = (
-        f"| method | NFE | executed sub-layers | MACs/img (G) | latency, {rows[0]['latency_batch']} img (s) | speedup | "
+        f"| method | NFE | executed sub-layers | MACs/img (G) | latency, {rows[0]['latency_batch']} img (s) "
+        "| speedup | "
         "MAC speedup | "
         f"MNIST-FID ({n}) | class acc. | PSNR vs uncached (dB) |"
     )
