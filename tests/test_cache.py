@@ -303,3 +303,15 @@ def test_straight_through_threshold():
     torch.testing.assert_close(router.logits.grad[1], w * sig * (1 - sig))
     plan = router.to_plan(0.5)
     assert plan.compute[1].tolist() == [False, False, True, True] and plan.compute[0].all() and plan.compute[2].all()
+
+
+def test_repeated_cached_sampling_is_identical():
+    model = random_model("U-ViT-tiny")
+    L = len(sublayers(model))
+    compute = torch.ones(6, L, dtype=torch.bool)
+    compute[[2, 4], ::2] = False
+    sc = SampleConfig(sampler="dpm-solver-2", steps=6, cfg=1.5, batch_size=2)
+    a = generate(model, spec_for("U-ViT"), [0, 1, 2], [1, 2, 3], sc, plan=CachePlan(compute), progress=False)
+    b = generate(model, spec_for("U-ViT"), [0, 1, 2], [1, 2, 3], sc, plan=CachePlan(compute), progress=False)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, generate(model, spec_for("U-ViT"), [0, 1, 2], [1, 2, 3], sc, progress=False))

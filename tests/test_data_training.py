@@ -225,3 +225,28 @@ def test_train_router_cli_tiny(tmp_path):
         )
         == 2
     )  # router made for 6 steps
+
+
+def test_train_router_uvit_dpm_solver(tmp_path):
+    out = tmp_path / "u.safetensors"
+    assert main(["train-router", "--model", "U-ViT-tiny", "--random-init", "--data", "generated", "--generated-images",
+                 "8", "--steps", "6", "--iterations", "4", "--batch-size", "4", "--lam", "0.5", "--cfg", "1.4",
+                 "--out", str(out)]) == 0
+    from l2c.router import load_router
+
+    router, meta = load_router(out)
+    assert router.cache_steps == [2, 4] and meta["sampler"] == "dpm-solver-2" and meta["schedule"] == "shifted"
+
+
+def test_evaluate_command(tmp_path, digits, capsys):
+    import json
+
+    images, labels = digits
+    big = np.stack([np.array(Image.fromarray(im).resize((28, 28))) for im in images[:40]])[..., None]
+    np.savez(tmp_path / "s.npz", arr_0=big, labels=labels[:40])
+    assert main(["evaluate", str(tmp_path / "s.npz"), "--reference", str(tmp_path / "s.npz")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 40 and result["psnr_db"] == float("inf") and 0 <= result["class_accuracy"] <= 1
+    assert result["fid"] > 0
+    np.savez(tmp_path / "bad.npz", arr_0=np.zeros((4, 8, 8, 1), np.uint8))
+    assert main(["evaluate", str(tmp_path / "bad.npz")]) == 2
