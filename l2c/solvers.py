@@ -64,10 +64,14 @@ class SamplerGeometry:
         a, s = self.schedule.marginal_alpha(t).item(), self.schedule.marginal_std(t).item()
         return a * x0 + s * noise, m - 2
 
-    def model_time(self, j: int, batch: int) -> torch.Tensor:
+    def model_time(self, j: int, batch: int, device="cpu") -> torch.Tensor:
         if self.sampler in ("ddim", "ddpm"):
-            return torch.full((batch,), self.timesteps[self.steps - 1 - j] + self.spec.time_offset, dtype=torch.long)
-        return torch.full((batch,), float(self._continuous_time(j)) * self.spec.num_timesteps + self.time_shift)
+            return torch.full(
+                (batch,), self.timesteps[self.steps - 1 - j] + self.spec.time_offset, dtype=torch.long, device=device
+            )
+        return torch.full(
+            (batch,), float(self._continuous_time(j)) * self.spec.num_timesteps + self.time_shift, device=device
+        )
 
     def _continuous_time(self, j: int) -> torch.Tensor:
         if self.sampler == "dpm-solver-2m" or j % 2 == 0:
@@ -82,7 +86,7 @@ class SamplerGeometry:
         if self.sampler in ("ddim", "ddpm"):
             k = self.steps - 1 - j
             a, a_prev = float(self.abar[self.timesteps[k]]), float(self.abar[self.timesteps[k - 1]])
-            eps = eps_fn(x, self.model_time(j, x.shape[0]))
+            eps = eps_fn(x, self.model_time(j, x.shape[0], x.device))
             x0 = (1 / a) ** 0.5 * x - (1 / a - 1) ** 0.5 * eps
             return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
         ns, i = self.schedule, j // 2
@@ -94,8 +98,8 @@ class SamplerGeometry:
         h = ns.marginal_lambda(t) - ns.marginal_lambda(s)
         al = {k: ns.marginal_alpha(v).item() for k, v in (("s", s), ("s1", s1), ("t", t))}
         sg = {k: ns.marginal_std(v).item() for k, v in (("s", s), ("s1", s1), ("t", t))}
-        d_s = (x - sg["s"] * eps_fn(x, self.model_time(j, x.shape[0]))) / al["s"]
+        d_s = (x - sg["s"] * eps_fn(x, self.model_time(j, x.shape[0], x.device))) / al["s"]
         x_s1 = (sg["s1"] / sg["s"]) * x - al["s1"] * torch.expm1(-0.5 * h).item() * d_s
-        d_s1 = (x_s1 - sg["s1"] * eps_fn(x_s1, self.model_time(j + 1, x.shape[0]))) / al["s1"]
+        d_s1 = (x_s1 - sg["s1"] * eps_fn(x_s1, self.model_time(j + 1, x.shape[0], x.device))) / al["s1"]
         phi = torch.expm1(-h).item()
         return (sg["t"] / sg["s"]) * x - al["t"] * phi * d_s - al["t"] * phi * (d_s1 - d_s)

@@ -81,7 +81,7 @@ def router_step_loss(
         x_m = geometry.solver_step(eps_fn, x_s, j)
         engine.set_mode("off")
         engine.new_evaluation()
-        t_m = geometry.model_time(m, x0.shape[0])
+        t_m = geometry.model_time(m, x0.shape[0], x0.device)
         target = model(x_m, t_m, y)
     engine.set_mode("soft")
     beta = router.scores(m, cfg.ste_threshold)
@@ -113,9 +113,11 @@ def caching_errors(
     engine = CacheEngine(model, mode="off")
     errors = torch.zeros(len(router.cache_steps), router.num_sublayers)
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     x0, y = sample_batch(gen, batch_size)
-    noise = torch.randn(x0.shape, generator=gen)
-    probe = Router(router.num_steps, router.num_sublayers, router.cache_steps)
+    x0, y = x0.to(device), y.to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    probe = Router(router.num_steps, router.num_sublayers, router.cache_steps).to(device)
     try:
         for i, m in enumerate(router.cache_steps):
             for l in range(router.num_sublayers):
@@ -147,6 +149,8 @@ def train_router(
 ) -> dict:
     """sample_batch(generator, n) -> (x0 (n,C,H,W), labels (n,)). Returns the loss history."""
     model.eval().requires_grad_(False)
+    device = next(model.parameters()).device
+    router.to(device)
     opt = torch.optim.AdamW([router.logits], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     history = {"iteration": [], "step": [], "loss": [], "distill": [], "active": []}
     start = 0
@@ -164,9 +168,11 @@ def train_router(
         for it in bar:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
             x0, y = sample_batch(gen, cfg.batch_size)
-            y = torch.where(torch.rand(y.shape, generator=gen) < cfg.label_dropout, torch.full_like(y, null), y)
+            x0, y = x0.to(device), y.to(device)
+            drop = (torch.rand(y.shape, generator=gen) < cfg.label_dropout).to(device)
+            y = torch.where(drop, torch.full_like(y, null), y)
             m = router.cache_steps[int(torch.randint(len(router.cache_steps), (1,), generator=gen))]
-            noise = torch.randn(x0.shape, generator=gen)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
             loss, distill = router_step_loss(model, engine, router, geometry, x0, y, m, noise, cfg)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"router loss is {loss.item()} at iteration {it}; lower --lr (now {cfg.lr})")
