@@ -52,6 +52,7 @@ def sample_config(args, model, batch_size: int = 64):
         steps=args.steps,
         cfg=args.cfg,
         eta=args.eta,
+        guided_channels=args.guided_channels,
         batch_size=batch_size,
     )
 
@@ -337,7 +338,7 @@ def make_batch_source(args, model, spec):
 
         n = args.generated_images
         classes = [i % model.null_class for i in range(n)]
-        cfg = SampleConfig(sampler=args.sampler or default_sampler(model), steps=args.steps, cfg=args.cfg)
+        cfg = sample_config(args, model)
         images = generate(model, spec, list(range(10**6, 10**6 + n)), classes, cfg)
         labels = torch.tensor(classes)
     else:
