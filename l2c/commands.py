@@ -334,7 +334,7 @@ def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target
 def make_batch_source(args, model, spec):
     """sample_batch(generator, n) -> (x0, labels) from MNIST, an image folder, or the model's own samples."""
     if args.data == "generated":
-        from .pipeline import SampleConfig, generate
+        from .pipeline import generate
 
         n = args.generated_images
         classes = [i % model.null_class for i in range(n)]
