@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -391,6 +390,3 @@ def cmd_demo(args) -> int:
 
     return run_demo(args)
 
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)

@@ -14,7 +14,6 @@ from .uvit import UViT, UViTBlock
 class Preset:
     arch: str  # "dit" or "uvit"
     kwargs: dict = field(default_factory=dict)
-    note: str = ""
 
 
 def _dit(depth: int, hidden: int, heads: int, patch: int, **extra) -> Preset:
