@@ -165,8 +165,13 @@ def _sampler_args(p) -> None:
     p.add_argument("--steps", type=int, default=20, help="DDIM/DDPM steps, or NFE for DPM-Solver")
     p.add_argument("--cfg", type=float, default=1.5, help="guidance weight w (1 = off; U-ViT's scale 0.4 = w 1.4)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η")
-    p.add_argument("--guided-channels", choices=["auto", "all"], default="auto", help="DiT batched guidance: "
-                   "'auto' guides 3 channels of 4-channel latents as upstream DiT does, else all; 'all' guides all")
+    p.add_argument(
+        "--guided-channels",
+        choices=["auto", "all"],
+        default="auto",
+        help="DiT batched guidance: "
+        "'auto' guides 3 channels of 4-channel latents as upstream DiT does, else all; 'all' guides all",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

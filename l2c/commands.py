@@ -389,4 +389,3 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(args)
-

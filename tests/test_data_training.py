@@ -229,9 +229,33 @@ def test_train_router_cli_tiny(tmp_path):
 
 def test_train_router_uvit_dpm_solver(tmp_path):
     out = tmp_path / "u.safetensors"
-    assert main(["train-router", "--model", "U-ViT-tiny", "--random-init", "--data", "generated", "--generated-images",
-                 "8", "--steps", "6", "--iterations", "4", "--batch-size", "4", "--lam", "0.5", "--cfg", "1.4",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train-router",
+                "--model",
+                "U-ViT-tiny",
+                "--random-init",
+                "--data",
+                "generated",
+                "--generated-images",
+                "8",
+                "--steps",
+                "6",
+                "--iterations",
+                "4",
+                "--batch-size",
+                "4",
+                "--lam",
+                "0.5",
+                "--cfg",
+                "1.4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from l2c.router import load_router
 
     router, meta = load_router(out)
