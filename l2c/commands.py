@@ -177,10 +177,10 @@ def cmd_train_model(args) -> int:
         seed=args.seed,
         ckpt_every=args.ckpt_every,
         threads=args.threads,
-        random_flip=args.data != "mnist",
+        random_flip=args.data != "mnist" and not args.no_flip,
     )
-    images, labels = load_training_images(args.data, create_model(args.model), args.vae)
-    _, _, state = train_model(cfg, images, labels, Path(args.out), resume=args.resume)
+    data = open_training_data(args.data, create_model(args.model), args.vae, Path(args.out) / "data")
+    _, _, state = train_model(cfg, data, Path(args.out), resume=args.resume)
     print(
         f"trained {args.model} to step {state['step']}; final loss (mean of last 100) "
         f"{np.mean(state['losses'][-100:]):.4f}; checkpoint {Path(args.out) / 'checkpoint.pt'}"
@@ -188,8 +188,10 @@ def cmd_train_model(args) -> int:
     return 0
 
 
-def load_training_images(data: str, model, vae: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST, or an image folder at the model's resolution (VAE-encoded for 4-channel latent models)."""
+def open_training_data(data: str, model, vae: str | None, cache: Path):
+    """MNIST, a folder made by `l2c prepare-data`, or an image folder (prepared into `cache` first, resumably)."""
+    from .data.prepared import ArrayDataset, PreparedDataset, is_prepared, prepare_image_folder
+
     if data == "mnist":
         from .data.mnist import load_mnist, to_model_range
 
@@ -199,16 +201,40 @@ def load_training_images(data: str, model, vae: str | None = None) -> tuple[np.n
                 f"{model.input_size}: use an MNIST preset (DiT-mnist, U-ViT-mnist) or --data FOLDER"
             )
         x, y = load_mnist("trainval")
-        return to_model_range(x), y
-    from .data.folder import load_image_folder
-
-    if model.in_channels == 4:
+        return ArrayDataset(to_model_range(x), y)
+    if is_prepared(data):
+        dataset = PreparedDataset(data)
+    elif model.in_channels == 4:
         if not vae:
             raise ValueError("a latent model trains on VAE latents: pass --vae FOLDER (a local AutoencoderKL)")
         from .vae import load_vae
 
-        return load_image_folder(data, model.input_size * 8, 3, encode=load_vae(vae).encode)
-    return load_image_folder(data, model.input_size, model.in_channels)
+        dataset = prepare_image_folder(data, cache, model.input_size * 8, 3, encode=load_vae(vae).encode)
+    else:
+        dataset = prepare_image_folder(data, cache, model.input_size, model.in_channels)
+    expected = (model.in_channels, model.input_size, model.input_size)
+    if tuple(dataset.shape) != expected:
+        raise ValueError(
+            f"{data} holds {tuple(dataset.shape)} per image but the model takes {expected}: "
+            f"prepare the folder at the model's resolution (`l2c prepare-data --size`, x8 for latent models)"
+        )
+    return dataset
+
+
+def cmd_prepare_data(args) -> int:
+    from .data.prepared import prepare_image_folder
+
+    encode = None
+    if args.vae:
+        from .vae import load_vae
+
+        encode = load_vae(args.vae).encode
+    dataset = prepare_image_folder(args.folder, args.out, args.size, args.channels, encode=encode, chunk=args.chunk)
+    print(
+        f"wrote {args.out}: {len(dataset)} {dataset.kind} of shape {dataset.shape} in {len(dataset.classes)} classes; "
+        f"train with --data {args.out}"
+    )
+    return 0
 
 
 def cmd_export_model(args) -> int:
@@ -332,21 +358,20 @@ def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target
 
 def make_batch_source(args, model, spec):
     """sample_batch(generator, n) -> (x0, labels) from MNIST, an image folder, or the model's own samples."""
+    from .data.prepared import ArrayDataset
+
     if args.data == "generated":
         from .pipeline import generate
 
         n = args.generated_images
         classes = [i % model.null_class for i in range(n)]
         cfg = sample_config(args, model)
-        images = generate(model, spec, list(range(10**6, 10**6 + n)), classes, cfg)
-        labels = torch.tensor(classes)
+        data = ArrayDataset(generate(model, spec, list(range(10**6, 10**6 + n)), classes, cfg), classes)
     else:
-        x, y = load_training_images(args.data, model, getattr(args, "vae", None))
-        images, labels = torch.from_numpy(x), torch.from_numpy(y)
+        data = open_training_data(args.data, model, getattr(args, "vae", None), Path(args.out).with_suffix("") / "data")
 
     def sample_batch(gen, n):
-        idx = torch.randint(0, len(images), (n,), generator=gen)
-        return images[idx], labels[idx]
+        return data.batch(torch.randint(0, len(data), (n,), generator=gen))
 
     return sample_batch
 

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from l2c.cli import main
-from l2c.data.folder import center_crop_arr, load_image_folder
+from l2c.data.folder import center_crop_arr
 from l2c.data.mnist import fetch_mnist, load_mnist
+from l2c.data.prepared import ArrayDataset, PreparedDataset, prepare_image_folder
 from l2c.io import safe_torch_load
 from l2c.training.train_model import TrainModelConfig, train_model
 
@@ -26,18 +27,104 @@ def digits():
     return (d.images * 255 / 16).astype(np.uint8), d.target.astype(np.int64)
 
 
-def test_image_folder_loader(tmp_path, digits):
+def _write_folder(root, digits, n=30):
     images, labels = digits
-    for i in range(30):
-        folder = tmp_path / f"class_{labels[i]}"
-        folder.mkdir(exist_ok=True)
-        Image.fromarray(images[i]).resize((16, 12)).save(folder / f"{i}.png")
-    x, y = load_image_folder(tmp_path, 8, channels=1)
-    assert x.shape == (30, 1, 8, 8) and x.dtype == np.float32 and -1 <= x.min() and x.max() <= 1
-    classes = sorted({f"class_{v}" for v in labels[:30]})
-    assert sorted(set(y.tolist())) == list(range(len(classes)))
+    for i in range(n):
+        folder = root / f"class_{labels[i]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).resize((16, 12)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def test_prepare_image_folder(tmp_path, digits):
+    root = _write_folder(tmp_path / "imgs", digits)
+    data = prepare_image_folder(root, tmp_path / "prep", 8, channels=1, chunk=7, progress=False)
+    classes = sorted({f"class_{v}" for v in digits[1][:30]})
+    assert len(data) == 30 and data.shape == (1, 8, 8) and data.classes == classes
+    files = sorted(root.glob("*/*.png"))  # class folders in sorted order, files sorted within each
+    expected = np.stack([center_crop_arr(Image.open(f).convert("L"), 8) for f in files])
+    assert np.array_equal(np.asarray(data.data)[:, 0], expected)
+    assert data.labels.tolist() == [classes.index(f.parent.name) for f in files]
+    idx, flip = torch.tensor([3, 0, 29]), torch.tensor([True, False, True])
+    x, y = data.batch(idx, flip)
+    ref = torch.from_numpy(expected[idx.numpy()].astype(np.float32) / 127.5 - 1)
+    assert torch.equal(x[:, 0], torch.where(flip[:, None, None], ref.flip(-1), ref))
+    assert y.tolist() == data.labels[idx].tolist()
+    # Preparing again with the same settings reuses the folder; with other settings it refuses.
+    assert len(prepare_image_folder(root, tmp_path / "prep", 8, channels=1, progress=False)) == 30
+    with pytest.raises(ValueError, match="image_size"):
+        prepare_image_folder(root, tmp_path / "prep", 16, channels=1, progress=False)
     with pytest.raises(FileNotFoundError):
-        load_image_folder(tmp_path / "nope", 8)
+        prepare_image_folder(tmp_path / "nope", tmp_path / "x", 8)
+
+
+def test_prepare_resumes_after_interruption(tmp_path, digits, monkeypatch):
+    import l2c.data.prepared as prepared
+
+    root = _write_folder(tmp_path / "imgs", digits)
+    whole = prepare_image_folder(root, tmp_path / "whole", 8, channels=1, chunk=4, progress=False)
+    real_read, calls = prepared._read, []
+
+    def failing_read(*a):
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt  # killed in the middle of the third chunk
+        return real_read(*a)
+
+    monkeypatch.setattr(prepared, "_read", failing_read)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_image_folder(root, tmp_path / "cut", 8, channels=1, chunk=4, progress=False)
+    with pytest.raises(ValueError, match="did not finish"):
+        PreparedDataset(tmp_path / "cut")
+    monkeypatch.setattr(prepared, "_read", real_read)
+    resumed = prepare_image_folder(root, tmp_path / "cut", 8, channels=1, chunk=4, progress=False)
+    assert np.array_equal(np.asarray(resumed.data), np.asarray(whole.data))
+    assert not (tmp_path / "cut" / "progress.json").exists()
+
+
+def test_prepare_latents_store_the_mirror_image_latent(tmp_path, digits):
+    def encode(x):  # a stand-in for the VAE: any deterministic image -> (4, S/2, S/2) map that is not flip-equivariant
+        z = torch.nn.functional.avg_pool2d(x, 2)
+        return torch.cat([z, z * 2, z.cumsum(-1), z**2], dim=1)
+
+    root = _write_folder(tmp_path / "imgs", digits, n=12)
+    data = prepare_image_folder(root, tmp_path / "lat", 8, channels=1, encode=encode, progress=False)
+    assert data.kind == "latents" and data.shape == (4, 4, 4) and data.data.dtype == np.float16
+    pixels = (
+        torch.from_numpy(
+            np.stack([center_crop_arr(Image.open(f).convert("L"), 8) for f in sorted(root.glob("*/*.png"))])
+        )[:, None].float()
+        / 127.5
+        - 1
+    )
+    x, _ = data.batch(torch.arange(12), torch.tensor([False, True] * 6))
+    want = torch.where(torch.tensor([False, True] * 6)[:, None, None, None], encode(pixels.flip(-1)), encode(pixels))
+    assert torch.allclose(x, want.half().float())
+
+
+def test_corrupt_image_names_the_file(tmp_path, digits):
+    root = _write_folder(tmp_path / "imgs", digits, n=5)
+    bad = next(iter(sorted(root.glob("*/*.png"))))
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=bad.name):
+        prepare_image_folder(root, tmp_path / "prep", 8, channels=1, progress=False)
+
+
+def test_train_model_cli_on_an_image_folder(tmp_path, digits, one_thread, capsys):
+    root = _write_folder(tmp_path / "imgs", digits)
+    out = tmp_path / "run"
+    args = ["train-model", "--model", "DiT-tiny", "--data", str(root), "--steps", "3", "--batch-size", "4"]
+    assert main([*args, "--ckpt-every", "3", "--out", str(out)]) == 0
+    assert (out / "checkpoint.pt").exists() and (out / "data" / "meta.json").exists()
+    # the router trainer draws its images from the same prepared folder
+    router = tmp_path / "router.safetensors"
+    rargs = ["train-router", "--model", "DiT-tiny", "--random-init", "--data", str(out / "data"), "--steps", "4"]
+    assert main([*rargs, "--iterations", "2", "--batch-size", "4", "--lam", "0.01", "--out", str(router)]) == 0
+    assert router.exists()
+    # a prepared folder at another resolution is refused with the fix
+    assert main(["prepare-data", str(root), "--size", "12", "--channels", "1", "--out", str(tmp_path / "p12")]) == 0
+    assert main(["train-model", "--model", "DiT-tiny", "--data", str(tmp_path / "p12"), "--out", str(out / "b")]) == 2
+    assert "prepare the folder at the model's resolution" in capsys.readouterr().err
 
 
 def test_center_crop_is_adm_like():
@@ -88,25 +175,26 @@ def test_train_model_lowers_loss_and_resumes(tmp_path, digits, one_thread):
     x = images[:256, None].astype(np.float32) / 127.5 - 1
     y = labels[:256]
     cfg = TrainModelConfig(model="DiT-tiny", steps=60, batch_size=32, lr=2e-3, warmup=5, ckpt_every=30)
-    _, _, state = train_model(cfg, x, y, tmp_path)
+    _, _, state = train_model(cfg, ArrayDataset(x, y), tmp_path)
     losses = state["losses"]
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     assert (tmp_path / "losses.csv").exists() and (tmp_path / "loss.png").exists()
     # An interrupted run resumed from its step-30 checkpoint ends exactly where the uninterrupted run did.
     cut = TrainModelConfig(model="DiT-tiny", steps=30, batch_size=32, lr=2e-3, warmup=5, ckpt_every=30)
-    train_model(cut, x, y, tmp_path / "b")
-    ema_resumed, _, _ = train_model(cfg, x, y, tmp_path / "b", resume=True)
+    train_model(cut, ArrayDataset(x, y), tmp_path / "b")
+    ema_resumed, _, _ = train_model(cfg, ArrayDataset(x, y), tmp_path / "b", resume=True)
     full = safe_torch_load(tmp_path / "checkpoint.pt")["ema"]
     for k, v in ema_resumed.state_dict().items():
         assert torch.equal(v, full[k]), k
     with pytest.raises(FileExistsError, match="--resume"):
-        train_model(cfg, x, y, tmp_path)
+        train_model(cfg, ArrayDataset(x, y), tmp_path)
 
 
 def test_export_model_and_sample_by_path(tmp_path, digits):
     images, labels = digits
     x = images[:64, None].astype(np.float32) / 127.5 - 1
-    train_model(TrainModelConfig(model="U-ViT-tiny", steps=2, batch_size=8, ckpt_every=2), x, labels[:64], tmp_path)
+    cfg = TrainModelConfig(model="U-ViT-tiny", steps=2, batch_size=8, ckpt_every=2)
+    train_model(cfg, ArrayDataset(x, labels[:64]), tmp_path)
     assert (
         main(["export-model", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "m.safetensors"), "--half"]) == 0
     )

@@ -1,4 +1,4 @@
-"""Train a DiT or U-ViT preset from scratch on in-memory images (the bundled MNIST models are made with this).
+"""Train a DiT or U-ViT preset from scratch (the bundled MNIST models are made with this).
 
 AdamW, EMA with warm-up, 10% label dropout for classifier-free guidance, ε-prediction (+ DiT's variational term for
 learned-sigma presets), atomic periodic checkpoints, exact resume (batch i is drawn from a generator seeded by
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.folder import random_flip
 from ..diffusion import DiffusionSpec, default_spec, epsilon_loss
 from ..io import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..models import MODELS, architecture_of, create_model
@@ -53,8 +52,11 @@ class TrainModelConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
 
-def train_model(cfg: TrainModelConfig, images: np.ndarray, labels: np.ndarray, out_dir: Path, resume: bool = False):
-    """images: float32 (N, C, H, W) in [-1, 1]; labels int64 (N,). Writes out_dir/{checkpoint.pt, losses.csv, ...}."""
+def train_model(cfg: TrainModelConfig, data, out_dir: Path, resume: bool = False):
+    """data: an l2c.data.prepared dataset (ArrayDataset, PreparedDataset) of the model's input shape.
+
+    Writes out_dir/{checkpoint.pt, config.json, losses.csv, loss.png}; returns (ema model, diffusion spec, state).
+    """
     out_dir = Path(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -62,6 +64,9 @@ def train_model(cfg: TrainModelConfig, images: np.ndarray, labels: np.ndarray, o
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only, not on earlier global RNG use
         model = create_model(cfg.model)
     spec = default_spec(architecture_of(model), cfg.schedule or None)
+    expected = (model.in_channels, model.input_size, model.input_size)
+    if tuple(data.shape) != expected:
+        raise ValueError(f"the data is {tuple(data.shape)} per image but {cfg.model} takes {expected}")
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     state = {"step": 0, "losses": []}
@@ -72,21 +77,20 @@ def train_model(cfg: TrainModelConfig, images: np.ndarray, labels: np.ndarray, o
     elif ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
     atomic_write_json({"config": asdict(cfg), "diffusion": asdict(spec)}, out_dir / "config.json")
-    _run(cfg, spec, model, ema, opt, state, torch.from_numpy(images), torch.from_numpy(labels), out_dir)
+    _run(cfg, spec, model, ema, opt, state, data, out_dir)
     return ema, spec, state
 
 
-def _run(cfg, spec: DiffusionSpec, model, ema, opt, state, images, labels, out_dir):
+def _run(cfg, spec: DiffusionSpec, model, ema, opt, state, data, out_dir):
     abar = torch.as_tensor(spec.alphas_cumprod())
     null = model.null_class
     bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps, desc="train-model")
     t0 = time.time()
     for step in bar:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-        x0, y = images[idx], labels[idx].clone()
-        if cfg.random_flip:
-            x0 = random_flip(x0, gen)
+        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+        flip = torch.rand(cfg.batch_size, generator=gen) < 0.5 if cfg.random_flip else None
+        x0, y = data.batch(idx, flip)
         y[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = null
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
