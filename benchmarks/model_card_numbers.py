@@ -41,7 +41,13 @@ def main() -> None:
     spec = DiffusionSpec(**meta["diffusion"])
     sampler = "ddim" if architecture_of(model) == "dit" else "dpm-solver-2"
     classes = [i % 10 for i in range(args.images)]
-    results = {"model": args.model, "preset": meta["preset"], "device": device_name(), "images": args.images}
+    results = {
+        "model": args.model,
+        "preset": meta["preset"],
+        "device": device_name(),
+        "images": args.images,
+        "cfg": args.cfg,
+    }
     for i, steps in enumerate(args.steps):
         t0 = time.perf_counter()
         x = to_uint8(

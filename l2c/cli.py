@@ -149,6 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=2, help="epochs over the 60k train+val images")
     c.add_argument("--out", default="l2c/assets/mnist-classifier.safetensors", help="weights file")
 
+    c = _add(sub, "compare", "L2C against fewer steps, FORA and manual layer selections: same seeds, one table")
+    _model_args(c, MODELS)
+    _sampler_args(c)
+    c.add_argument("--router", required=True, help="router file (from train-router or router import)")
+    c.add_argument("--threshold", type=float, default=None, help="θ (default: the one stored in the router file)")
+    c.add_argument("--images", type=int, default=1000, help="images per method for the quality metrics")
+    c.add_argument("--batch-size", type=int, default=100, help="sampling batch for the quality images")
+    c.add_argument("--repeats", type=int, default=3, help="latency repeats per method (median reported)")
+    c.add_argument("--latency-batch", type=int, default=64, help="images per timed batch")
+    c.add_argument("--fora", type=int, nargs="*", default=[2, 3], help="FORA intervals to include")
+    c.add_argument("--fewer-steps", type=int, nargs="*", default=[], help="extra step counts without caching")
+    c.add_argument(
+        "--data",
+        default="auto",
+        help="images for the single-layer-error baseline: 'mnist', 'generated', a prepared folder, 'none' "
+        "(skip it); 'auto' = mnist for MNIST models, else none",
+    )
+    c.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models: images compared decoded)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the error measurement")
+    c.add_argument("--out", default="compare_out", help="output folder (compare.md, compare.json, compare.png)")
+
     d = _add(sub, "demo", "the main job: train a router on a bundled model, sample with and without it, compare")
     d.add_argument("--model", default="dit-mnist", choices=["dit-mnist", "uvit-mnist"], help="bundled model")
     d.add_argument("--images", type=int, default=500, help="images per arm for FID / accuracy / PSNR")

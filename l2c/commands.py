@@ -125,6 +125,62 @@ def check_router_fits(router, rmeta: dict, model, cfg) -> None:
         )
 
 
+# ---------------------------------------------------------------------------- compare
+def cmd_compare(args) -> int:
+    from .cache.layout import sublayers
+    from .cache.macs import profile_macs
+    from .compare import run_comparison, standard_methods, write_report
+    from .router.files import load_router
+
+    model, spec, meta = load_model_for(args)
+    cfg = sample_config(args, model, args.batch_size)
+    router, rmeta = load_router(args.router)
+    check_router_fits(router, rmeta, model, cfg)
+    threshold = args.threshold if args.threshold is not None else rmeta.get("threshold", 0.5)
+    macs = profile_macs(meta["preset"])
+    mnist_shaped = model.in_channels == 1 and model.input_size == 28
+    errors = None
+    data = ("mnist" if mnist_shaped else "none") if args.data == "auto" else args.data
+    if data != "none":
+        from .solvers import SamplerGeometry
+        from .training.train_router import caching_errors
+
+        args.data, args.generated_images = data, 256
+        batches = make_batch_source(args, model, spec)
+        loss = "mean" if architecture_of(model) == "dit" else "sum"
+        geometry = SamplerGeometry(cfg.sampler, cfg.steps, spec)
+        print(f"measuring single-layer caching errors ({len(router.cache_steps)} x {len(sublayers(model))})")
+        errors = caching_errors(model, router, geometry, batches, batch_size=32, loss=loss, seed=args.seed)
+    methods = standard_methods(
+        router, threshold, cfg.steps, cfg.sampler, macs, errors, tuple(args.fora), tuple(args.fewer_steps), args.seed
+    )
+    quality = None
+    if mnist_shaped:
+        from .metrics.report import mnist_metrics
+
+        quality = mnist_metrics
+    seeds = list(range(args.images))
+    classes = [i % model.null_class for i in range(args.images)]
+    decode = _decoder(args, model) if model.in_channels == 4 else None
+    rows, _ = run_comparison(
+        model, spec, macs, methods, cfg, seeds, classes, args.repeats, args.latency_batch, quality, decode
+    )
+    context = {
+        "model": args.model,
+        "preset": meta["preset"],
+        "router": str(args.router),
+        "threshold": threshold,
+        "sampler": cfg.sampler,
+        "steps": cfg.steps,
+        "cfg": cfg.cfg,
+        "images": args.images,
+        "repeats": args.repeats,
+    }
+    print(write_report(rows, Path(args.out), context))
+    print(f"wrote {args.out}/compare.md, compare.json, compare.png")
+    return 0
+
+
 # ---------------------------------------------------------------------------- router
 def cmd_router(args) -> int:
     from .cache.macs import profile_macs
