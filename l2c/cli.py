@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="images for the single-layer-error baseline: 'mnist', 'generated', a prepared folder, 'none' "
         "(skip it); 'auto' = mnist for MNIST models, else none",
     )
+    c.add_argument("--smoothcache-images", type=int, default=16, help="SmoothCache calibration images (0 = skip it)")
     c.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models: images compared decoded)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the error measurement")
     c.add_argument("--out", default="compare_out", help="output folder (compare.md, compare.json, compare.png)")

@@ -151,8 +151,30 @@ def cmd_compare(args) -> int:
         geometry = SamplerGeometry(cfg.sampler, cfg.steps, spec)
         print(f"measuring single-layer caching errors ({len(router.cache_steps)} x {len(sublayers(model))})")
         errors = caching_errors(model, router, geometry, batches, batch_size=32, loss=loss, seed=args.seed)
+    changes = None
+    if args.smoothcache_images:
+        from .cache.smoothcache import calibrate_changes
+        from .pipeline import generate
+
+        n = args.smoothcache_images
+        print(f"calibrating SmoothCache on {n} images")
+        calibration_seeds = list(range(10**6, 10**6 + n))  # not the evaluation seeds
+        changes = calibrate_changes(
+            model,
+            lambda: generate(model, spec, calibration_seeds, [i % model.null_class for i in range(n)], cfg),
+            router.num_steps,
+        )
     methods = standard_methods(
-        router, threshold, cfg.steps, cfg.sampler, macs, errors, tuple(args.fora), tuple(args.fewer_steps), args.seed
+        router,
+        threshold,
+        cfg.steps,
+        cfg.sampler,
+        macs,
+        errors,
+        changes,
+        tuple(args.fora),
+        tuple(args.fewer_steps),
+        args.seed,
     )
     quality = None
     if mnist_shaped:

@@ -20,6 +20,7 @@ from .bench import device_name, time_runs
 from .cache.baselines import depth_plan, error_plan, fora_plan, random_plan, reused_count
 from .cache.macs import MacProfile
 from .cache.plan import CachePlan
+from .cache.smoothcache import alpha_for_budget, smoothcache_plan
 from .diffusion import DiffusionSpec
 from .metrics.scores import paired_metrics
 from .pipeline import SampleConfig, generate, to_uint8
@@ -47,11 +48,17 @@ def standard_methods(
     sampler: str,
     macs: MacProfile,
     errors: torch.Tensor | None = None,
+    changes: torch.Tensor | None = None,
     fora: tuple[int, ...] = (2, 3),
     fewer_steps: tuple[int, ...] = (),
     seed: int = 0,
 ) -> list[Method]:
-    """Uncached, L2C at θ, fewer steps at equal MACs, FORA, and the manual selections at the router's budget."""
+    """Uncached, L2C at θ, fewer steps at equal MACs, the manual selections at the router's budget, SmoothCache at
+    the α closest to that budget, and FORA.
+
+    errors: (cache steps, L) single-layer caching errors (l2c.training.train_router.caching_errors), for the
+    smallest-error selection; changes: SmoothCache's calibration (l2c.cache.smoothcache.calibrate_changes).
+    """
     plan = router.to_plan(threshold)
     n, layers, cache_steps = router.num_steps, router.num_sublayers, router.cache_steps
     reuse = reused_count(plan)
@@ -67,6 +74,9 @@ def standard_methods(
     ]
     if errors is not None:
         methods.append(Method("smallest single-layer error", steps, error_plan(n, cache_steps, errors, reuse)))
+    if changes is not None:
+        alpha = alpha_for_budget(changes, layers, reuse)
+        methods.append(Method(f"SmoothCache (α = {alpha:.3g})", steps, smoothcache_plan(changes, layers, alpha)))
     methods += [Method(f"FORA, interval {k}", steps, fora_plan(n, layers, k)) for k in fora]
     return methods
 

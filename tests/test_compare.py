@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from l2c.cache.baselines import depth_plan, error_plan, fora_plan, random_plan, reused_count
+from l2c.cache.layout import sublayers
 from l2c.cache.macs import profile_macs
+from l2c.cache.smoothcache import alpha_for_budget, calibrate_changes, smoothcache_plan
 from l2c.cli import main
 from l2c.compare import Method, equal_cost_steps, run_comparison, standard_methods
 from l2c.diffusion import default_spec
@@ -56,6 +58,56 @@ def test_error_plan_reuses_the_smallest_errors():
         error_plan(6, [1, 3], errors, reuse=1)
 
 
+def _changes():
+    changes = torch.ones(2, 5, 5).triu(1)  # every reuse costs 1.0 unless set below
+    # attention: reusing evaluation 0 costs 0.1 at 1 and 0.3 at 2; reusing 2 costs 0.05 at 3 and 0.08 at 4
+    changes[0, 0, 1], changes[0, 0, 2], changes[0, 2, 3], changes[0, 2, 4] = 0.1, 0.3, 0.05, 0.08
+    return changes
+
+
+def test_smoothcache_plan_follows_the_calibrated_changes():
+    plan = smoothcache_plan(_changes(), 4, alpha=0.2)
+    assert plan.compute[:, 0].tolist() == [True, False, True, False, False]  # attention sub-layers 0 and 2
+    assert torch.equal(plan.compute[:, 0], plan.compute[:, 2])
+    assert bool(plan.compute[:, 1::2].all())  # MLP changes too much to reuse
+    # at most one reuse in a row: evaluation 4 is 2 after the last computed one
+    assert smoothcache_plan(_changes(), 4, alpha=0.2, max_reuse=1).compute[:, 0].tolist() == [
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+    # the α closest to a budget of 4 reused evaluations (attention at 3 and 4, two blocks) is just above 0.08
+    alpha = alpha_for_budget(_changes(), 4, reuse=4)
+    assert 0.08 < alpha < 0.1
+    assert int((~smoothcache_plan(_changes(), 4, alpha).compute).sum()) == 4
+
+
+def test_calibrate_changes_is_the_mean_relative_l1_per_kind(tiny):
+    model, _ = tiny
+    spec = default_spec("dit")
+    cfg = SampleConfig(steps=4, cfg=1.5, batch_size=4)
+    run = lambda: generate(model, spec, [0, 1], [3, 4], cfg, progress=False)  # noqa: E731
+    changes = calibrate_changes(model, run, 4)
+    upper = torch.triu_indices(4, 4, 1)
+    assert changes.shape == (2, 4, 4) and bool((changes.tril() == 0).all())
+    assert bool((changes[:, upper[0], upper[1]] > 0).all())
+    outputs = []
+    handle = sublayers(model)[3].register_forward_hook(lambda m, i, o: outputs.append(o.clone()))
+    run()
+    handle.remove()
+    mlp1 = (outputs[2] - outputs[0]).abs().sum() / outputs[0].abs().sum()  # block 1's MLP, reusing 0 at 2
+    outputs.clear()
+    handle = sublayers(model)[1].register_forward_hook(lambda m, i, o: outputs.append(o.clone()))
+    run()
+    handle.remove()
+    mlp0 = (outputs[2] - outputs[0]).abs().sum() / outputs[0].abs().sum()
+    assert float(changes[1, 0, 2]) == pytest.approx(float(mlp0 + mlp1) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="step count"):
+        calibrate_changes(model, run, 3)
+
+
 def test_equal_cost_steps():
     assert equal_cost_steps(20, 0.78, "ddim") == 16
     assert equal_cost_steps(20, 0.78, "dpm-solver-2") == 16  # even NFE
@@ -74,10 +126,13 @@ def tiny():
 def test_standard_methods_share_the_routers_budget(tiny):
     _, router = tiny
     macs = profile_macs("DiT-tiny")
-    methods = standard_methods(router, 0.5, 6, "ddim", macs, errors=torch.rand(3, 4), fora=(2,), fewer_steps=(3,))
+    changes = torch.rand(2, 6, 6).triu(1)
+    methods = standard_methods(
+        router, 0.5, 6, "ddim", macs, errors=torch.rand(3, 4), changes=changes, fora=(2,), fewer_steps=(3,)
+    )
     names = [m.name for m in methods]
     assert names[0].startswith("uncached") and names[1].startswith("L2C") and "FORA, interval 2" in names
-    assert any(n.startswith("fewer steps: 3") for n in names)
+    assert any(n.startswith("fewer steps: 3") for n in names) and any(n.startswith("SmoothCache") for n in names)
     budget = reused_count(router.to_plan(0.5))
     for m in methods:
         if m.name in ("random sub-layers", "from bottom", "from top", "smallest single-layer error"):
@@ -109,7 +164,24 @@ def test_compare_cli(tmp_path, tiny):
     out = tmp_path / "cmp"
     args = ["compare", "--model", "DiT-tiny", "--random-init", "--router", str(tmp_path / "r.safetensors")]
     assert (
-        main([*args, "--steps", "6", "--images", "4", "--repeats", "1", "--latency-batch", "2", "--out", str(out)]) == 0
+        main(
+            [
+                *args,
+                "--steps",
+                "6",
+                "--images",
+                "4",
+                "--repeats",
+                "1",
+                "--latency-batch",
+                "2",
+                "--smoothcache-images",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
     )
     report = json.loads((out / "compare.json").read_text())
     names = [r["method"] for r in report["rows"]]
