@@ -76,6 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def _train_router(model, spec, sampler, args, out):
     from .cache.plan import cache_steps_for
     from .data.mnist import load_mnist, to_model_range
+    from .data.prepared import ArrayDataset
     from .router.files import save_router
     from .router.router import Router
     from .solvers import SamplerGeometry
@@ -93,11 +94,10 @@ def _train_router(model, spec, sampler, args, out):
         generator=torch.Generator().manual_seed(0),
     )
     x, y = load_mnist("trainval")
-    images, labels = torch.from_numpy(to_model_range(x)), torch.from_numpy(y)
+    data = ArrayDataset(to_model_range(x), y)
 
     def sample_batch(gen, n):
-        idx = torch.randint(0, len(images), (n,), generator=gen)
-        return images[idx], labels[idx]
+        return data.batch(torch.randint(0, len(data), (n,), generator=gen))
 
     settings["lam"] = resolve_lambda(
         "auto", model, router, geometry, sample_batch, settings["loss"], args.target_removal, settings["batch_size"]
