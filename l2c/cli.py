@@ -43,7 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="θ: execute a sub-layer iff its score > θ (default: the router's own)",
     )
     s.add_argument("--out", default="samples.png", help="output grid PNG")
-    s.add_argument("--npz", default=None, help="also write images as an ADM-format .npz (arr_0: uint8 NHWC)")
+    s.add_argument(
+        "--npz",
+        default=None,
+        help="write all images as an ADM-format .npz (arr_0: uint8 NHWC, labels, seeds); resumable, and split over "
+        "processes under torchrun",
+    )
+    s.add_argument("--grid-max", type=int, default=256, help="images in the grid PNG (the first ones)")
     s.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder, for latent models")
 
     r = _add(sub, "router", "import, inspect and plot routers")
@@ -212,18 +218,27 @@ def _sampler_args(p) -> None:
     )
 
 
+DISTRIBUTED_COMMANDS = ("sample", "train-router")  # the commands that split their work over torchrun processes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from . import commands
+    from . import commands, distributed
 
     handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
     try:
+        if distributed.launched_with_torchrun():
+            if args.command not in DISTRIBUTED_COMMANDS:
+                raise ValueError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run; start it plainly")
+            args.device = distributed.init(args.device)
         return handler(args) or 0
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"l2c {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

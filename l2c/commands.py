@@ -93,10 +93,21 @@ def cmd_sample(args) -> int:
         router, rmeta = load_router(args.router)
         check_router_fits(router, rmeta, model, cfg)
         plan = router.to_plan(args.threshold if args.threshold is not None else rmeta.get("threshold", 0.5))
-    images = to_uint8(generate(model, spec, seeds, classes, cfg, plan=plan, decode=_decoder(args, model)))
+    decode = _decoder(args, model)
+    if args.npz:  # written in resumable parts, split over torchrun processes when launched with torchrun
+        from .sample_sets import sample_to_npz
+
+        path = sample_to_npz(model, spec, seeds, classes, cfg, args.npz, plan=plan, decode=decode)
+        if path is None:
+            return 0  # not the main process
+        images = np.load(path)["arr_0"][: args.grid_max]
+    else:
+        from . import distributed
+
+        if distributed.world_size() > 1:
+            raise ValueError("under torchrun, sample writes its images with --npz FILE (the grid alone is not split)")
+        images = to_uint8(generate(model, spec, seeds[: args.grid_max], classes[: args.grid_max], cfg, plan, decode))
     save_grid(images, args.out, scale=2 if images.shape[1] < 64 else 1)
-    if args.npz:
-        np.savez(args.npz, arr_0=images, labels=np.asarray(classes), seeds=np.asarray(seeds))
     print(f"wrote {args.out}" + (f" and {args.npz}" if args.npz else "") + f" ({len(seeds)} images)")
     return 0
 
@@ -378,6 +389,10 @@ def cmd_train_router(args) -> int:
     out = Path(args.out)
     work = out.with_suffix("")
     history = train_router(model, router, geometry, sample_batch, cfg, out_dir=work, resume=args.resume)
+    from . import distributed
+
+    if not distributed.is_main():
+        return 0  # the router is identical on every process; the main one writes it
     rmeta = {
         "arch": arch,
         "model": meta.get("preset"),
@@ -389,6 +404,7 @@ def cmd_train_router(args) -> int:
         "schedule": geometry.default_cache_schedule,
         "training": asdict(cfg),
         "data": args.data,
+        "processes": distributed.world_size(),  # the global batch is processes x batch_size
     }
     if meta.get("path"):
         rmeta["checkpoint_sha256"] = file_sha256(meta["path"])

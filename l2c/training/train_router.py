@@ -5,6 +5,10 @@ the whole batch), noise x0 to the evaluation before m, take one full solver step
 sub-layer output, then compare the full model at (x_m, m) (teacher) with the blended model (student, β =
 sigmoid(router[m]), Eq. 6 with α = 1 as the official code) and minimise  D(teacher - student) + λ Σ β.
 Only the router's logits are optimised.
+
+Under torchrun each process takes its slice of one global batch of world_size x batch_size drawn from the shared
+generator (same cache step, noise and label mask as a single process with the whole batch) and the router's
+gradient is averaged over the processes: N processes at batch B train the same router as one process at batch N*B.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import distributed
 from ..cache.engine import CacheEngine
 from ..io import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..router.router import Router
@@ -147,7 +152,10 @@ def train_router(
     out_dir: Path | None = None,
     resume: bool = False,
 ) -> dict:
-    """sample_batch(generator, n) -> (x0 (n,C,H,W), labels (n,)). Returns the loss history."""
+    """sample_batch(generator, n) -> (x0 (n,C,H,W), labels (n,)). Returns the loss history.
+
+    cfg.batch_size is per process; only the main process writes the working checkpoint and the history.
+    """
     model.eval().requires_grad_(False)
     device = next(model.parameters()).device
     router.to(device)
@@ -162,38 +170,49 @@ def train_router(
         history, start = state["history"], state["iteration"]
     engine = CacheEngine(model, mode="off")
     null = model.null_class
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     t0 = time.time()
     try:
-        bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="train-router")
+        bar = tqdm(
+            range(start, cfg.iterations),
+            initial=start,
+            total=cfg.iterations,
+            desc="train-router",
+            disable=not distributed.is_main(),
+        )
         for it in bar:
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-            x0, y = sample_batch(gen, cfg.batch_size)
-            x0, y = x0.to(device), y.to(device)
-            drop = (torch.rand(y.shape, generator=gen) < cfg.label_dropout).to(device)
+            x0, y = sample_batch(gen, cfg.batch_size * world)
+            drop = torch.rand(y.shape, generator=gen) < cfg.label_dropout
             y = torch.where(drop, torch.full_like(y, null), y)
             m = router.cache_steps[int(torch.randint(len(router.cache_steps), (1,), generator=gen))]
-            noise = torch.randn(x0.shape, generator=gen).to(device)
+            noise = torch.randn(x0.shape, generator=gen)
+            x0, y, noise = x0[mine].to(device), y[mine].to(device), noise[mine].to(device)
             loss, distill = router_step_loss(model, engine, router, geometry, x0, y, m, noise, cfg)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"router loss is {loss.item()} at iteration {it}; lower --lr (now {cfg.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.mean_across_processes(router.logits.grad)
             opt.step()
             if cfg.clamp:
                 with torch.no_grad():
                     router.logits.clamp_(-cfg.clamp, cfg.clamp)
             engine.reset()
             active = float(torch.sigmoid(router.logits.detach()[router.cache_steps]).mean())
+            losses = distributed.mean_across_processes(torch.stack([loss.detach(), distill.detach()]))
             for k, v in (
                 ("iteration", it + 1),
                 ("step", m),
-                ("loss", loss.item()),
-                ("distill", distill.item()),
+                ("loss", losses[0].item()),
+                ("distill", losses[1].item()),
                 ("active", active),
             ):
                 history[k].append(v)
             bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.3g}", mean_score=f"{active:.2f}")
-            if ckpt is not None and ((it + 1) % cfg.ckpt_every == 0 or it + 1 == cfg.iterations):
+            due = (it + 1) % cfg.ckpt_every == 0 or it + 1 == cfg.iterations
+            if ckpt is not None and due and distributed.is_main():
                 atomic_torch_save(
                     {
                         "logits": router.logits.detach().clone(),
@@ -207,6 +226,6 @@ def train_router(
     finally:
         engine.detach()
     history["wall_s"] = time.time() - t0
-    if out_dir:
+    if out_dir and distributed.is_main():
         atomic_write_json({"config": asdict(cfg), "history": history}, Path(out_dir) / "router_training.json")
     return history
