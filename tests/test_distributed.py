@@ -75,13 +75,15 @@ def test_torchrun_sampling_equals_one_process(tmp_path):
 
 
 def test_torchrun_router_training_equals_one_process_with_the_whole_batch(tmp_path):
+    # Each process draws its own cache step (official DDP behaviour); DDIM-2 has one cache step, so the two runs
+    # must agree exactly: two processes at batch 4 average the gradients that one process at batch 8 computes.
     common = ["train-router", "--model", "DiT-tiny", "--random-init", "--data", "generated", "--generated-images", "16"]
-    common += ["--steps", "6", "--iterations", "5", "--lam", "0.01", "--lr", "0.1"]
+    common += ["--steps", "2", "--iterations", "5", "--lam", "0.01", "--lr", "0.1"]
     _torchrun([*common, "--batch-size", "4", "--out", "two.safetensors"], tmp_path)
     assert main([*common, "--batch-size", "8", "--out", str(tmp_path / "one.safetensors")]) == 0
     two, meta = load_router(tmp_path / "two.safetensors")
     one, _ = load_router(tmp_path / "one.safetensors")
     assert meta["processes"] == 2
     assert torch.allclose(two.logits, one.logits, atol=1e-4), (two.logits - one.logits).abs().max()
-    init = Router(6, 4, one.cache_steps, generator=torch.Generator().manual_seed(0)).logits
+    init = Router(2, 4, one.cache_steps, generator=torch.Generator().manual_seed(0)).logits
     assert (one.logits - init).abs().max() > 0.1  # training moved the router: the agreement is not trivial

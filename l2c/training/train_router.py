@@ -7,8 +7,9 @@ sigmoid(router[m]), Eq. 6 with α = 1 as the official code) and minimise  D(teac
 Only the router's logits are optimised.
 
 Under torchrun each process takes its slice of one global batch of world_size x batch_size drawn from the shared
-generator (same cache step, noise and label mask as a single process with the whole batch) and the router's
-gradient is averaged over the processes: N processes at batch B train the same router as one process at batch N*B.
+generator, draws its own cache step (as the official DDP code does: one t per GPU per iteration), and the router's
+gradient is averaged over the processes. With a single cache step, N processes at batch B therefore train exactly
+the router of one process at batch N*B.
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ def train_router(
             y = torch.where(drop, torch.full_like(y, null), y)
             m = router.cache_steps[int(torch.randint(len(router.cache_steps), (1,), generator=gen))]
             noise = torch.randn(x0.shape, generator=gen)
+            for _ in range(rank):  # processes after the first draw their own step, after everything shared
+                m = router.cache_steps[int(torch.randint(len(router.cache_steps), (1,), generator=gen))]
             x0, y, noise = x0[mine].to(device), y[mine].to(device), noise[mine].to(device)
             loss, distill = router_step_loss(model, engine, router, geometry, x0, y, m, noise, cfg)
             if not math.isfinite(loss.item()):
