@@ -293,14 +293,20 @@ def open_training_data(data: str, model, vae: str | None, cache: Path):
         return ArrayDataset(to_model_range(x), y)
     if is_prepared(data):
         dataset = PreparedDataset(data)
-    elif model.in_channels == 4:
-        if not vae:
-            raise ValueError("a latent model trains on VAE latents: pass --vae FOLDER (a local AutoencoderKL)")
-        from .vae import load_vae
-
-        dataset = prepare_image_folder(data, cache, model.input_size * 8, 3, encode=load_vae(vae).encode)
     else:
-        dataset = prepare_image_folder(data, cache, model.input_size, model.in_channels)
+        from . import distributed
+
+        if model.in_channels == 4 and not vae:
+            raise ValueError("a latent model trains on VAE latents: pass --vae FOLDER (a local AutoencoderKL)")
+        if distributed.is_main():  # one process prepares; under torchrun the others wait, then read it
+            if model.in_channels == 4:
+                from .vae import load_vae
+
+                prepare_image_folder(data, cache, model.input_size * 8, 3, encode=load_vae(vae).encode)
+            else:
+                prepare_image_folder(data, cache, model.input_size, model.in_channels)
+        distributed.barrier()
+        dataset = PreparedDataset(cache)
     expected = (model.in_channels, model.input_size, model.input_size)
     if tuple(dataset.shape) != expected:
         raise ValueError(

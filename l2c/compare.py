@@ -77,7 +77,7 @@ def standard_methods(
     if changes is not None:
         alpha = alpha_for_budget(changes, layers, reuse)
         methods.append(Method(f"SmoothCache (α = {alpha:.3g})", steps, smoothcache_plan(changes, layers, alpha)))
-    methods += [Method(f"FORA, interval {k}", steps, fora_plan(n, layers, k)) for k in fora]
+    methods += [Method(f"FORA, interval {k}", steps, fora_plan(n, layers, k)) for k in sorted(set(fora))]
     return methods
 
 
