@@ -197,7 +197,7 @@ def write_report(rows: list[dict], out: Path, context: dict) -> str:
     header = (
         f"{context['model']}, {context['sampler']}, guidance {context['cfg']}, {context['images']} images "
         f"(seeds 0..{context['images'] - 1}, classes in turn); latency: median of {context['repeats']} interleaved "
-        f"runs of a {rows[0]['latency_batch']}-image batch on {device_name()} ({torch.get_num_threads()} threads)."
+        f"runs of a {rows[0]['latency_batch']}-image batch on {device_name()}."
     )
     (out / "compare.md").write_text(header + "\n\n" + table + "\n")
     finite = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows]
