@@ -120,3 +120,31 @@ def test_demo_smoke(tmp_path, capsys):
     assert "L2C cached" in out and "uncached" in out
     for f in ("uncached.png", "cached.png", "router.png", "router.safetensors", "results.json"):
         assert (tmp_path / f).exists(), f
+
+
+def test_prepare_data_with_a_vae(tmp_path):
+    import numpy as np
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from l2c.data.prepared import PreparedDataset
+
+    AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    ).save_pretrained(tmp_path / "vae")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png"
+        )
+    args = ["prepare-data", str(tmp_path / "imgs"), "--size", "16", "--vae", str(tmp_path / "vae")]
+    assert main([*args, "--out", str(tmp_path / "lat")]) == 0
+    data = PreparedDataset(tmp_path / "lat")
+    assert data.kind == "latents" and len(data) == 5 and data.shape == (4, 8, 8) and data.classes == ["c0", "c1"]
+    assert not np.array_equal(data.data[:, 0], data.data[:, 1])  # the mirror image's latent is stored beside it
