@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from dataclasses import asdict
@@ -81,7 +82,6 @@ def _decoder(args, model):
 # ---------------------------------------------------------------------------- sample
 def cmd_sample(args) -> int:
     from .pipeline import generate, save_grid, to_uint8
-    from .router.files import load_router
 
     model, spec, meta = load_model_for(args)
     seeds = parse_int_list(args.seeds)
@@ -90,17 +90,16 @@ def cmd_sample(args) -> int:
     cfg = sample_config(args, model, args.batch_size)
     plan = None
     if args.router:
-        router, rmeta = load_router(args.router)
-        check_router_fits(router, rmeta, model, cfg)
-        plan = router.to_plan(args.threshold if args.threshold is not None else rmeta.get("threshold", 0.5))
+        router, _, threshold = load_router_for(args, model, cfg)
+        plan = router.to_plan(threshold)
     decode = _decoder(args, model)
     if args.npz:  # written in resumable parts, split over torchrun processes when launched with torchrun
         from .sample_sets import sample_to_npz
 
-        path = sample_to_npz(model, spec, seeds, classes, cfg, args.npz, plan=plan, decode=decode)
-        if path is None:
+        images = sample_to_npz(model, spec, seeds, classes, cfg, args.npz, plan=plan, decode=decode)
+        if images is None:
             return 0  # not the main process
-        images = np.load(path)["arr_0"][: args.grid_max]
+        images = images[: args.grid_max]
     else:
         from . import distributed
 
@@ -110,6 +109,16 @@ def cmd_sample(args) -> int:
     save_grid(images, args.out, scale=2 if images.shape[1] < 64 else 1)
     print(f"wrote {args.out}" + (f" and {args.npz}" if args.npz else "") + f" ({len(seeds)} images)")
     return 0
+
+
+def load_router_for(args, model, cfg):
+    """(router, metadata, θ) of --router, checked against the model and sampling run; θ from --threshold or the file."""
+    from .router.files import load_router
+
+    router, rmeta = load_router(args.router)
+    check_router_fits(router, rmeta, model, cfg)
+    threshold = args.threshold if args.threshold is not None else rmeta.get("threshold", 0.5)
+    return router, rmeta, threshold
 
 
 def check_router_fits(router, rmeta: dict, model, cfg) -> None:
@@ -141,13 +150,10 @@ def cmd_compare(args) -> int:
     from .cache.layout import sublayers
     from .cache.macs import profile_macs
     from .compare import run_comparison, standard_methods, write_report
-    from .router.files import load_router
 
     model, spec, meta = load_model_for(args)
     cfg = sample_config(args, model, args.batch_size)
-    router, rmeta = load_router(args.router)
-    check_router_fits(router, rmeta, model, cfg)
-    threshold = args.threshold if args.threshold is not None else rmeta.get("threshold", 0.5)
+    router, _, threshold = load_router_for(args, model, cfg)
     macs = profile_macs(meta["preset"])
     mnist_shaped = model.in_channels == 1 and model.input_size == 28
     errors = None
@@ -156,9 +162,10 @@ def cmd_compare(args) -> int:
         from .solvers import SamplerGeometry
         from .training.train_router import caching_errors
 
-        args.data, args.generated_images = data, 256
-        batches = make_batch_source(args, model, spec)
-        loss = "mean" if architecture_of(model) == "dit" else "sum"
+        batches = make_batch_source(
+            argparse.Namespace(**{**vars(args), "data": data, "generated_images": 256}), model, spec
+        )
+        loss = small_model_defaults(architecture_of(model))["loss"]
         geometry = SamplerGeometry(cfg.sampler, cfg.steps, spec)
         print(f"measuring single-layer caching errors ({len(router.cache_steps)} x {len(sublayers(model))})")
         errors = caching_errors(model, router, geometry, batches, batch_size=32, loss=loss, seed=args.seed)
@@ -470,10 +477,7 @@ def make_batch_source(args, model, spec):
     else:
         data = open_training_data(args.data, model, getattr(args, "vae", None), Path(args.out).with_suffix("") / "data")
 
-    def sample_batch(gen, n):
-        return data.batch(torch.randint(0, len(data), (n,), generator=gen))
-
-    return sample_batch
+    return data.random_batch
 
 
 def _plot_history(history: dict, path) -> None:

@@ -95,9 +95,7 @@ def _train_router(model, spec, sampler, args, out):
     )
     x, y = load_mnist("trainval")
     data = ArrayDataset(to_model_range(x), y)
-
-    def sample_batch(gen, n):
-        return data.batch(torch.randint(0, len(data), (n,), generator=gen))
+    sample_batch = data.random_batch
 
     settings["lam"] = resolve_lambda(
         "auto", model, router, geometry, sample_batch, settings["loss"], args.target_removal, settings["batch_size"]

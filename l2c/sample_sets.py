@@ -25,8 +25,8 @@ from .pipeline import SampleConfig, generate, to_uint8
 
 def sample_to_npz(
     model, spec, seeds: list[int], classes: list[int], cfg: SampleConfig, out: str | Path, plan=None, decode=None
-) -> Path | None:
-    """Returns the .npz path on the main process (None on the others) once the whole set is written."""
+) -> np.ndarray | None:
+    """Writes OUT; returns its images (uint8 NHWC) on the main process, None on the others."""
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
     settings = _settings(model, seeds, classes, cfg, plan)
@@ -58,7 +58,7 @@ def sample_to_npz(
     np.savez(tmp, arr_0=images, labels=np.asarray(classes), seeds=np.asarray(seeds))
     os.replace(tmp, out)
     shutil.rmtree(parts)
-    return out
+    return images
 
 
 def _part(parts: Path, k: int) -> Path:

@@ -87,11 +87,9 @@ def test_latent_model_needs_vae(capsys):
     assert "--vae" in capsys.readouterr().err
 
 
-def test_vae_round_trip_with_tiny_autoencoder(tmp_path):
-    import torch
+def _save_tiny_vae(folder):
+    """A 2x-downsampling AutoencoderKL with random weights, saved as a local diffusers folder."""
     from diffusers import AutoencoderKL
-
-    from l2c.vae import load_vae
 
     AutoencoderKL(
         block_out_channels=(8, 16),
@@ -100,7 +98,15 @@ def test_vae_round_trip_with_tiny_autoencoder(tmp_path):
         latent_channels=4,
         norm_num_groups=8,
         layers_per_block=1,
-    ).save_pretrained(tmp_path / "vae")
+    ).save_pretrained(folder)
+
+
+def test_vae_round_trip_with_tiny_autoencoder(tmp_path):
+    import torch
+
+    from l2c.vae import load_vae
+
+    _save_tiny_vae(tmp_path / "vae")
     codec = load_vae(tmp_path / "vae")
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     z = codec.encode(x)
@@ -124,19 +130,11 @@ def test_demo_smoke(tmp_path, capsys):
 
 def test_prepare_data_with_a_vae(tmp_path):
     import numpy as np
-    from diffusers import AutoencoderKL
     from PIL import Image
 
     from l2c.data.prepared import PreparedDataset
 
-    AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-    ).save_pretrained(tmp_path / "vae")
+    _save_tiny_vae(tmp_path / "vae")
     rng = np.random.default_rng(0)
     for i in range(5):
         (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)

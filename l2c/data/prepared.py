@@ -25,7 +25,15 @@ from .folder import center_crop_arr, list_image_folder
 FORMAT = "l2c-prepared-data/1"
 
 
-class ArrayDataset:
+class _Dataset:
+    """What the trainers use: len(), batch(rows, flip) and random_batch(generator, n)."""
+
+    def random_batch(self, generator: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n rows drawn uniformly with replacement: the `sample_batch(generator, n)` the router trainer takes."""
+        return self.batch(torch.randint(0, len(self), (n,), generator=generator))
+
+
+class ArrayDataset(_Dataset):
     """Images already in memory: float32 (N, C, H, W) in [-1, 1] and int64 labels (N,)."""
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor):
@@ -45,13 +53,10 @@ class ArrayDataset:
 
     def batch(self, idx: torch.Tensor, flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows idx; where flip is True, mirrored left-right (ADM's random flip). Returns fresh tensors."""
-        x = self.images[idx]
-        if flip is not None:
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x, self.labels[idx].clone()
+        return _mirror(self.images[idx], flip), self.labels[idx].clone()
 
 
-class PreparedDataset:
+class PreparedDataset(_Dataset):
     """A folder written by `prepare_image_folder`, read through memory maps."""
 
     def __init__(self, root: str | Path):
@@ -91,10 +96,13 @@ class PreparedDataset:
             side = flip.long().numpy() if flip is not None else np.zeros_like(rows)
             x = torch.from_numpy(np.asarray(self.data[rows, side], dtype=np.float32))
         else:
-            x = torch.from_numpy(np.asarray(self.data[rows], dtype=np.float32) / 127.5 - 1.0)
-            if flip is not None:
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = _mirror(torch.from_numpy(np.asarray(self.data[rows], dtype=np.float32) / 127.5 - 1.0), flip)
         return x, self.labels[idx].clone()
+
+
+def _mirror(x: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+    """Left-right mirror of the images where flip is True (ADM's random flip)."""
+    return x if flip is None else torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 def is_prepared(path: str | Path) -> bool:

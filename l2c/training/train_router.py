@@ -204,12 +204,15 @@ def train_router(
                     router.logits.clamp_(-cfg.clamp, cfg.clamp)
             engine.reset()
             active = float(torch.sigmoid(router.logits.detach()[router.cache_steps]).mean())
-            losses = distributed.mean_across_processes(torch.stack([loss.detach(), distill.detach()]))
+            # one host transfer for both numbers (averaged over the processes under torchrun)
+            loss_value, distill_value = distributed.mean_across_processes(
+                torch.stack([loss.detach(), distill.detach()])
+            ).tolist()
             for k, v in (
                 ("iteration", it + 1),
                 ("step", m),
-                ("loss", losses[0].item()),
-                ("distill", losses[1].item()),
+                ("loss", loss_value),
+                ("distill", distill_value),
                 ("active", active),
             ):
                 history[k].append(v)
