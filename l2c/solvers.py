@@ -73,6 +73,14 @@ class SamplerGeometry:
             (batch,), float(self._continuous_time(j)) * self.spec.num_timesteps + self.time_shift, device=device
         )
 
+    def training_time(self, j: int, batch: int, device="cpu") -> torch.Tensor:
+        """Model time of cache evaluation j in router training: the sampling time rounded to an integer.
+
+        Upstream U-ViT router training feeds round(t·1000) to the teacher and the student (sampling feeds the float
+        t·1000); DDIM times are integers already, so this only changes the continuous-time samplers.
+        """
+        return self.model_time(j, batch, device).round()
+
     def _continuous_time(self, j: int) -> torch.Tensor:
         if self.sampler == "dpm-solver-2m" or j % 2 == 0:
             return self.outer_times[j if self.sampler == "dpm-solver-2m" else j // 2]

@@ -3,9 +3,11 @@
 `scale` is the usual weight w: ε = ε_u + w (ε_c - ε_u); w = 1 is no guidance. (U-ViT's config writes
 ε_c + s (ε_c - ε_u) with s = 0.4, i.e. w = 1 + s = 1.4.)
 
-* Batched (DiT): one forward on the doubled batch [x_c; x_u] with labels [y; null]. As upstream, only the first
-  `guided_channels` output channels are guided (DiT's 3-channel quirk for 4-channel latents); the rest pass through
-  per half. The sampler state is therefore the doubled batch: start from [z; z] and keep the first half at the end.
+* Batched (DiT): one forward on a doubled batch with labels [y; null]. As upstream's `forward_with_cfg`, the model
+  sees the conditional half twice, [x_c; x_c]: the unconditional pass always starts from the conditional state. Only
+  the first `guided_channels` output channels are guided (DiT's 3-channel quirk for 4-channel latents); the rest
+  pass through per half, so the sampler's second half drifts in the unguided channels; it is never fed back to the
+  model and is dropped at the end. The sampler state is the doubled batch: start from [z; z], keep the first half.
 * Separate (U-ViT): two forwards per evaluation, conditional first, then unconditional.
 """
 
@@ -28,11 +30,16 @@ def conditional_denoiser(model: Model, y: torch.Tensor):
 
 
 def batched_cfg_denoiser(model: Model, y: torch.Tensor, scale: float, null_class: int, guided_channels: int):
-    """DiT's forward_with_cfg: x, t hold 2N rows [cond half; uncond half]; returns 2N rows."""
+    """DiT's forward_with_cfg: x, t hold 2N rows [cond half; uncond half]; returns 2N rows.
+
+    The model input is the first half duplicated, exactly as upstream: feeding [x_c; x_u] instead changes the samples
+    whenever fewer channels are guided than the model has (a 4-channel latent DiT: channel 3).
+    """
     y2 = torch.cat([y, torch.full_like(y, null_class)])
 
     def denoise(x, t, step):
-        out = model(x, t, y2)
+        half = x[: len(x) // 2]
+        out = model(torch.cat([half, half]), t, y2)
         eps, rest = out[:, :guided_channels], out[:, guided_channels:]
         cond, uncond = eps.chunk(2)
         guided = uncond + scale * (cond - uncond)

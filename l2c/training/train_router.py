@@ -87,7 +87,7 @@ def router_step_loss(
         x_m = geometry.solver_step(eps_fn, x_s, j)
         engine.set_mode("off")
         engine.new_evaluation()
-        t_m = geometry.model_time(m, x0.shape[0], x0.device)
+        t_m = geometry.training_time(m, x0.shape[0], x0.device)
         target = model(x_m, t_m, y)
     engine.set_mode("soft")
     beta = router.scores(m, cfg.ste_threshold)
