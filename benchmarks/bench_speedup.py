@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from l2c.bench import device_name, time_runs  # noqa: E402
 from l2c.cache.layout import sublayers  # noqa: E402
 from l2c.cache.macs import profile_macs  # noqa: E402
 from l2c.cache.plan import CachePlan, cache_steps_for  # noqa: E402
-from l2c.commands import load_model_for  # noqa: E402
-from l2c.pipeline import SampleConfig, generate  # noqa: E402
+from l2c.jobs.generate import SampleConfig, generate  # noqa: E402
+from l2c.jobs.loading import load_for_sampling  # noqa: E402
+from l2c.jobs.timing import device_name, time_runs  # noqa: E402
 from l2c.router.files import load_router  # noqa: E402
 from l2c.router.report import plan_macs  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, spec, meta = load_model_for(args)
+    model, spec, meta = load_for_sampling(args.model, args.ckpt, args.random_init, args.schedule, args.device)
     plan = make_plan(args, model)
     cfg = SampleConfig(sampler=args.sampler, steps=args.steps, cfg=args.cfg, batch_size=args.batch)
     seeds, classes = list(range(args.batch)), [i % model.null_class for i in range(args.batch)]

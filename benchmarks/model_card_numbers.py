@@ -19,13 +19,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from l2c.bench import device_name  # noqa: E402
 from l2c.data.mnist import load_mnist  # noqa: E402
-from l2c.diffusion import DiffusionSpec  # noqa: E402
+from l2c.jobs.generate import SampleConfig, generate, save_grid, to_uint8  # noqa: E402
+from l2c.jobs.timing import device_name  # noqa: E402
 from l2c.metrics.report import mnist_metrics  # noqa: E402
 from l2c.models import architecture_of  # noqa: E402
 from l2c.models.checkpoints import load_model  # noqa: E402
-from l2c.pipeline import SampleConfig, generate, save_grid, to_uint8  # noqa: E402
+from l2c.sampling.diffusion import DiffusionSpec  # noqa: E402
 
 
 def main() -> None:

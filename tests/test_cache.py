@@ -6,10 +6,10 @@ from torch import nn
 
 from l2c.cache import CacheEngine, CachePlan, cache_steps_for
 from l2c.cache.layout import LAYOUTS, BlockLayout, sublayers
-from l2c.diffusion import DiffusionSpec
+from l2c.jobs.generate import SampleConfig, generate
 from l2c.models import create_model
-from l2c.pipeline import SampleConfig, generate
 from l2c.router import Router
+from l2c.sampling.diffusion import DiffusionSpec
 from l2c.sampling.schedules import alphas_cumprod, linear_betas, space_timesteps
 
 
@@ -111,52 +111,49 @@ def test_hand_computed_skip(dummy_layout):
     # step 1, x = 10: block0 attn reused 2 -> x 12; mlp computed 13 -> x 25; block1 attn computed 50 -> x 75;
     # mlp reused 22 -> x 97. (Computed everywhere it would be 30 -> 61 -> 183 -> 367.)
     assert net(torch.tensor(10.0)).item() == 97.0
-    # only outputs reused at the next step were kept: sub-layers 0 and 3 from step 0
-    assert sorted(k[1] for k in engine.outputs) == [0, 3]
+    # only outputs reused at the next step were kept (sub-layers 0 and 3 from step 0: two float32 scalars), and
+    # freed after their last read
+    assert engine.peak_stored_bytes == 2 * 4 and engine.stored_bytes == 0
     engine.detach()
 
 
-def test_soft_mode_blends(dummy_layout):
+def test_blending_mixes_fresh_and_recorded(dummy_layout):
     net = DummyNet()
-    engine = CacheEngine(net, mode="record")
-    engine.new_evaluation()
-    net(torch.tensor(1.0))  # stores attn0 = 2, mlp0 = 4, attn1 = 14, mlp1 = 22
-    engine.set_mode("soft")
+    engine = CacheEngine(net)
+    with engine.recording():
+        net(torch.tensor(1.0))  # stores attn0 = 2, mlp0 = 4, attn1 = 14, mlp1 = 22
     for beta, expected in ((1.0, 367.0), (0.0, 10 + 2 + 4 + 14 + 22)):
-        engine.blend = torch.full((4,), beta)
-        engine.new_evaluation()
         # β = 1: fresh (30 -> 61 -> 183 -> 367). β = 0: every branch returns its stored value: 10+2+4+14+22 = 52.
-        assert net(torch.tensor(10.0)).item() == expected
-    engine.blend = torch.tensor([0.5, 1.0, 1.0, 1.0])
-    engine.new_evaluation()
-    # attn0 = 0.5*20 + 0.5*2 = 11 -> x 21; mlp 22 -> 43; attn1 86 -> 129; mlp 130 -> 259
-    assert net(torch.tensor(10.0)).item() == 259.0
+        with engine.blending(torch.full((4,), beta)):
+            assert net(torch.tensor(10.0)).item() == expected
+    with engine.blending(torch.tensor([0.5, 1.0, 1.0, 1.0])):
+        # attn0 = 0.5*20 + 0.5*2 = 11 -> x 21; mlp 22 -> 43; attn1 86 -> 129; mlp 130 -> 259
+        assert net(torch.tensor(10.0)).item() == 259.0
+    with engine.bypassed():
+        assert net(torch.tensor(10.0)).item() == 367.0
     engine.detach()
 
 
 @pytest.mark.parametrize("preset", ["DiT-tiny", "U-ViT-tiny"])
-def test_soft_mode_on_models_matches_fresh_and_cached(preset):
+def test_blending_on_models_matches_fresh_and_cached(preset):
     model = random_model(preset, torch.float64)
     x1, x2 = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.randn(2, 1, 8, 8, dtype=torch.float64)
     t, y = torch.tensor([100, 100]), torch.tensor([1, 2])
     L = len(sublayers(model))
     fresh = model(x2, t, y)
-    engine = CacheEngine(model, mode="record")
-    engine.new_evaluation()
-    model(x1, t, y)
-    engine.set_mode("soft")
-    engine.blend = torch.ones(L, dtype=torch.float64)
-    engine.new_evaluation()
-    assert torch.equal(model(x2, t, y), fresh)
-    engine.blend = torch.zeros(L, dtype=torch.float64)
-    engine.new_evaluation()
-    soft0 = model(x2, t, y)
-    engine.set_mode("hard")
-    engine.set_plan(CachePlan(torch.stack([torch.ones(L, dtype=torch.bool), torch.zeros(L, dtype=torch.bool)])))
-    engine.step = 1
-    engine.new_evaluation()
-    torch.testing.assert_close(soft0, model(x2, t, y), rtol=0, atol=1e-12)
-    engine.detach()
+    with CacheEngine(model) as engine:
+        with engine.recording():
+            model(x1, t, y)
+        with engine.blending(torch.ones(L, dtype=torch.float64)):
+            assert torch.equal(model(x2, t, y), fresh)
+        with engine.blending(torch.zeros(L, dtype=torch.float64)):
+            soft0 = model(x2, t, y)
+    plan = CachePlan(torch.stack([torch.ones(L, dtype=torch.bool), torch.zeros(L, dtype=torch.bool)]))
+    with CacheEngine(model, plan) as engine:
+        engine.begin_step(0)
+        model(x1, t, y)
+        engine.begin_step(1)
+        torch.testing.assert_close(soft0, model(x2, t, y), rtol=0, atol=1e-12)
 
 
 def test_sampling_under_plan_equals_reference_loop():
@@ -272,7 +269,7 @@ def test_wrong_plan_size_is_rejected():
 
 
 def test_router_gradients_reach_only_router():
-    from l2c.solvers import SamplerGeometry
+    from l2c.sampling.solvers import SamplerGeometry
     from l2c.training.train_router import RouterTrainConfig, router_step_loss
 
     model = random_model("DiT-tiny")

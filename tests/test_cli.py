@@ -104,7 +104,7 @@ def _save_tiny_vae(folder):
 def test_vae_round_trip_with_tiny_autoencoder(tmp_path):
     import torch
 
-    from l2c.vae import load_vae
+    from l2c.utils.vae import load_vae
 
     _save_tiny_vae(tmp_path / "vae")
     codec = load_vae(tmp_path / "vae")

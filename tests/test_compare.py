@@ -11,12 +11,12 @@ from l2c.cache.layout import sublayers
 from l2c.cache.macs import profile_macs
 from l2c.cache.smoothcache import alpha_for_budget, calibrate_changes, smoothcache_plan
 from l2c.cli import main
-from l2c.compare import Method, equal_cost_steps, run_comparison, standard_methods
-from l2c.diffusion import default_spec
+from l2c.jobs.compare import Method, equal_cost_steps, run_comparison, standard_methods
+from l2c.jobs.generate import SampleConfig, generate, to_uint8
 from l2c.models import create_model
-from l2c.pipeline import SampleConfig, generate, to_uint8
 from l2c.router.files import save_router
 from l2c.router.router import Router
+from l2c.sampling.diffusion import default_spec
 
 CACHE_STEPS = [1, 3, 5]  # DDIM-6, the official alternation
 

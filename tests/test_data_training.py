@@ -14,8 +14,8 @@ from l2c.cli import main
 from l2c.data.folder import center_crop_arr
 from l2c.data.mnist import fetch_mnist, load_mnist
 from l2c.data.prepared import ArrayDataset, PreparedDataset, prepare_image_folder
-from l2c.io import safe_torch_load
 from l2c.training.train_model import TrainModelConfig, train_model
+from l2c.utils.io import safe_torch_load
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import l2c.sample_sets as sample_sets
+import l2c.jobs.sample_sets as sample_sets
 from l2c.cli import main
-from l2c.diffusion import default_spec
+from l2c.jobs.generate import SampleConfig, generate, to_uint8
 from l2c.models import create_model
-from l2c.pipeline import SampleConfig, generate, to_uint8
 from l2c.router.files import load_router
 from l2c.router.router import Router
+from l2c.sampling.diffusion import default_spec
 
 
 @pytest.fixture(scope="module")

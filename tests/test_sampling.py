@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from l2c.diffusion import DiffusionSpec
+from l2c.jobs.generate import SampleConfig, generate
 from l2c.models import create_model
-from l2c.pipeline import SampleConfig, generate
 from l2c.sampling import (
     NoiseScheduleVP,
     StackedRandomGenerator,
@@ -21,6 +20,7 @@ from l2c.sampling import (
     space_timesteps,
     time_uniform,
 )
+from l2c.sampling.diffusion import DiffusionSpec
 from l2c.sampling.schedules import alphas_cumprod, linear_betas, scaled_linear_betas
 
 SPEC_N20 = [0, 53, 105, 158, 210, 263, 315, 368, 421, 473, 526, 578, 631, 684, 736, 789, 841, 894, 946, 999]

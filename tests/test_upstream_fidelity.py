@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from l2c.cache.plan import CachePlan
-from l2c.diffusion import DiffusionSpec
+from l2c.jobs.generate import SampleConfig, generate
 from l2c.models import create_model
-from l2c.pipeline import SampleConfig, generate
 from l2c.sampling import StackedRandomGenerator, space_timesteps, time_uniform
+from l2c.sampling.diffusion import DiffusionSpec
 from l2c.sampling.schedules import alphas_cumprod, linear_betas, scaled_linear_betas
 
 SEEDS, CLASSES = [11, 12, 13], [1, 7, 3]
@@ -273,10 +273,10 @@ def test_uvit_dpm_solver_2_cached_two_caches_match_upstream():
 def test_uvit_router_training_feeds_rounded_time_at_the_cache_step():
     """Upstream U-ViT router training feeds round(t·1000) to the teacher and the student at the cache evaluation
     (sampling feeds the float t·1000); the solver step into it keeps the float times."""
-    from l2c.router.router import Router
-    from l2c.solvers import SamplerGeometry
-    from l2c.training.train_router import RouterTrainConfig, router_step_loss
     from l2c.cache.engine import CacheEngine
+    from l2c.router.router import Router
+    from l2c.sampling.solvers import SamplerGeometry
+    from l2c.training.train_router import RouterTrainConfig, router_step_loss
 
     model = random_model("U-ViT-tiny")
     geometry = SamplerGeometry("dpm-solver-2", 20, DiffusionSpec("scaled_linear", 1))
@@ -301,10 +301,10 @@ def test_uvit_router_training_feeds_rounded_time_at_the_cache_step():
 def test_bundled_dit_mnist_samples_unchanged_by_the_guidance_fix():
     """dit-mnist guides its only channel, so [x_c; x_c] and the doubled sampler state [x_c; x_u] are the same tensor:
     its published numbers (made before the fix, with the doubled state fed to the model) stand bit for bit."""
+    from l2c.jobs.generate import _sample_batch
     from l2c.models.checkpoints import load_model
-    from l2c.pipeline import _sample_batch
-    from l2c.solvers import SamplerGeometry
     from l2c.sampling import guidance
+    from l2c.sampling.solvers import SamplerGeometry
 
     model, _ = load_model("dit-mnist")
     spec = DiffusionSpec("linear", 0)
@@ -321,7 +321,7 @@ def test_bundled_dit_mnist_samples_unchanged_by_the_guidance_fix():
         return denoise
 
     original = guidance.batched_cfg_denoiser
-    import l2c.pipeline as pipeline
+    import l2c.jobs.generate as pipeline
 
     pipeline.batched_cfg_denoiser = doubled_state_denoiser
     try:

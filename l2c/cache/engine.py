@@ -1,111 +1,85 @@
-"""The cache engine: attaches to a model's `attn` / `mlp` sub-layers without changing the model (house-style §10.4).
+"""The cache engine: attaches to a model's `attn` / `mlp` sub-layers without changing the model.
 
-Each sub-layer's `forward` is replaced by a wrapper on the *instance* (the module and its state-dict keys stay as
-they are); `detach()` restores the original bound method. Modes:
+Each sub-layer's `forward` is replaced on the *instance* by a small dispatcher (the module and its state-dict keys
+stay as they are; PyTorch's own forward hooks and pre-hooks on the module keep running around it) and `detach()`
+restores the attribute exactly. The dispatcher hands every call to the engine's current behaviour (l2c.cache.hooks):
 
-* "off":    compute, store nothing (the teacher in router training).
-* "record": compute every sub-layer and store every output (the full step before a cache step in training).
-* "hard":   sampling with a CachePlan; a sub-layer marked "reuse" at this step is NOT computed and returns the
-            stored output. Only outputs that the next step reuses are stored.
-* "soft":   router training: out = β_l · fresh + (1 - β_l) · stored (stored detached; gradients reach β only).
+    engine = CacheEngine(model, plan)          # sampling: run the plan (compute / reuse / forecast / drop)
+    denoise = engine.wrap(denoise)             # the sampler's step index tells the engine the evaluation
+    ...; engine.detach()                       # or `with CacheEngine(model, plan) as engine:`
 
-The step index comes from the sampler through `wrap(denoise)` (no host sync). Guidance done as two model calls per
-evaluation (U-ViT) gets two independent caches: every top-level model call within a step is one "slot".
+    engine = CacheEngine(model)                # router training: pass-through unless told otherwise
+    with engine.recording(): ...               # compute and store every output (detached)
+    with engine.bypassed(): ...                # compute, store nothing (the teacher)
+    with engine.blending(beta): ...            # β·fresh + (1 − β)·recorded
+
+A forward pre-hook on the root model numbers the model calls within one evaluation ("slots"): U-ViT's two-call
+guidance gets two independent caches while DiT's doubled batch uses one. `begin_step(j)` starts evaluation j
+(j = 0 also forgets everything stored: a new sampling run), `begin_evaluation()` starts a new group of calls without
+changing the step, and entering one of the context managers does the same. The step index comes from the sampler,
+never from a tensor, so the engine never synchronises with the device.
 """
 
 from __future__ import annotations
 
+import weakref
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
+from .hooks import Blend, Bypass, Record, RunPlan
 from .layout import sublayers
 from .plan import CachePlan
 
-MODES = ("off", "record", "hard", "soft")
+# Models with an engine attached. Kept outside the model so that detaching leaves its __dict__ untouched.
+_ATTACHED: weakref.WeakSet = weakref.WeakSet()
 
 
-class CacheEngine:
-    def __init__(self, model: nn.Module, plan: CachePlan | None = None, mode: str = "hard"):
+class SublayerHooks:
+    """The shared attach / detach base: routes every call of the model's cacheable sub-layers to `behaviour`."""
+
+    def __init__(self, model: nn.Module):
         self.model = model
         self.modules = sublayers(model)
-        self.plan = None
-        self.blend: torch.Tensor | None = None  # (L,) β for soft mode
-        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
-        self.step = 0
-        self.slot = -1
-        self._handles = []
-        self.set_mode(mode)
-        if plan is not None:
-            self.set_plan(plan)
-        self._attach()
+        self.behaviour = Bypass()
+        self.step = 0  # the model evaluation, in sampling order
+        self.slot = -1  # the model call within the evaluation (the root pre-hook counts from 0)
+        self._wrappers: list = []
+        self._saved: list = []
+        self._handle = None
 
-    # ---------------------------------------------------------------- configuration
-    def set_plan(self, plan: CachePlan) -> None:
-        if plan.num_sublayers != len(self.modules):
-            raise ValueError(
-                f"plan has {plan.num_sublayers} sub-layers per step but the model has {len(self.modules)} "
-                f"({len(self.modules) // 2} blocks): the plan or router was made for another model"
-            )
-        self.plan = plan
-        # Python lists: the per-call lookups stay on the host with no tensor indexing.
-        self._compute = plan.compute.tolist()
-        self._keep = plan.keep().tolist()
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
 
-    def set_mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown cache mode {mode!r}; use one of {MODES}")
-        self.mode = mode
-
-    def reset(self) -> None:
-        """Forget every stored output (called automatically at step 0 of each sampling run)."""
-        self.outputs.clear()
-        self.slot = -1
-
-    def begin_step(self, step: int) -> None:
-        if step == 0:
-            self.reset()
-        if self.mode == "hard" and self.plan is not None and step >= self.plan.num_steps:
-            raise ValueError(
-                f"sampling step {step} but the cache plan covers {self.plan.num_steps} steps: "
-                f"use a router / plan made for this number of steps"
-            )
-        self.step = step
-        self.slot = -1
-
-    def new_evaluation(self) -> None:
-        """Start a new group of model calls (slots count from 0 again) without changing the step or the store."""
-        self.slot = -1
-
-    def wrap(self, denoise):
-        """denoise(x, t, step) -> same, telling the engine which step each model evaluation belongs to."""
-
-        def cached_denoise(x, t, step):
-            self.begin_step(step)
-            return denoise(x, t, step)
-
-        return cached_denoise
-
-    # ---------------------------------------------------------------- attach / detach
     def _attach(self) -> None:
-        if getattr(self.model, "_l2c_cache_attached", False):
+        if self.model in _ATTACHED:
             raise RuntimeError("a cache engine is already attached to this model; detach() it first")
-        self.model._l2c_cache_attached = True
-        self._handles.append(self.model.register_forward_pre_hook(self._next_slot))
-        self._originals = [module.__dict__.get("forward") for module in self.modules]
+        _ATTACHED.add(self.model)
+        self._handle = self.model.register_forward_pre_hook(self._count_call)
         for index, module in enumerate(self.modules):
-            module.forward = self._make_forward(index, module.forward)
+            self._saved.append(module.__dict__.get("forward"))  # None: the class's forward
+            wrapper = self._dispatcher(index, module.forward)
+            self._wrappers.append(wrapper)
+            module.forward = wrapper
 
     def detach(self) -> None:
-        for module, original in zip(self.modules, self._originals):
-            if original is not None:
-                module.forward = original
-            else:
+        """Restore every sub-layer's `forward` and remove the pre-hook (idempotent)."""
+        if not self.attached:
+            return
+        for module, saved, wrapper in zip(self.modules, self._saved, self._wrappers):
+            if module.__dict__.get("forward") is not wrapper:
+                continue  # someone wrapped ours after attaching: leave theirs; ours passes through from now on
+            if saved is None:
                 del module.forward  # the class's forward shows through again
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.outputs.clear()
-        self.model.__dict__.pop("_l2c_cache_attached", None)
+            else:
+                module.forward = saved
+        self.behaviour = Bypass()
+        self._handle.remove()
+        self._handle = None
+        self._wrappers, self._saved = [], []
+        _ATTACHED.discard(self.model)
 
     def __enter__(self):
         return self
@@ -113,41 +87,127 @@ class CacheEngine:
     def __exit__(self, *exc):
         self.detach()
 
-    def _next_slot(self, module, args):
+    def _count_call(self, module, args):
         self.slot += 1
 
-    def _make_forward(self, index: int, original):
-        def forward(*args, **kwargs):
-            mode = self.mode
-            if mode == "off":
-                return original(*args, **kwargs)
-            key = (self.slot, index)
-            if mode == "hard":
-                if not self._compute[self.step][index]:
-                    return self._stored(key)
-                out = original(*args, **kwargs)
-                if self._keep[self.step][index]:
-                    self.outputs[key] = out
-                return out
-            out = original(*args, **kwargs)
-            if mode == "record":
-                self.outputs[key] = out.detach()
-                return out
-            w = self.blend[index]
-            return w * out + (1 - w) * self._stored(key)
+    def _dispatcher(self, index: int, forward):
+        def cached_forward(*args, **kwargs):
+            return self.behaviour(self.step, self.slot, index, forward, args, kwargs)
 
-        return forward
+        return cached_forward
 
-    def _stored(self, key):
+
+class CacheEngine(SublayerHooks):
+    """Sub-layer cache of a DiT / U-ViT (or any model with a cache layout). See the module docstring.
+
+    Args:
+        model: the network; its sub-layers are found through `l2c.cache.layout`.
+        plan:  a CachePlan for sampling (validated against the model before anything is attached), or None for an
+               engine that passes through unless switched with recording() / blending() / bypassed().
+        mode:  accepted for older callers only: "hard" (run the plan) or "off" (pass through).
+    """
+
+    def __init__(self, model: nn.Module, plan: CachePlan | None = None, mode: str | None = None):
+        super().__init__(model)
+        if mode not in (None, "hard", "off"):
+            raise ValueError(
+                f"cache mode {mode!r} is gone: use `with engine.recording():`, `with engine.blending(beta):` or "
+                "`with engine.bypassed():`"
+            )
+        if plan is not None:
+            self._check_plan(plan)
+        self.plan = plan
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}  # recorded outputs that blending reads
+        self._runner = RunPlan(plan) if plan is not None and mode != "off" else None
+        self.behaviour = self._runner or Bypass()
+        self._attach()
+
+    def _check_plan(self, plan: CachePlan) -> None:
+        plan.validate()
+        if plan.num_sublayers != len(self.modules):
+            raise ValueError(
+                f"plan has {plan.num_sublayers} sub-layers per step but the model has {len(self.modules)} "
+                f"({len(self.modules) // 2} blocks): the plan or router was made for another model"
+            )
+
+    # ------------------------------------------------------------------ evaluations
+    def reset(self) -> None:
+        """Forget every stored output and the memory peak (automatic at step 0 of each sampling run)."""
+        self.outputs.clear()
+        if self._runner is not None:
+            self._runner.reset()
+        self.slot = -1
+
+    def begin_step(self, step: int) -> None:
+        """Start model evaluation `step` (in sampling order); step 0 starts a new run."""
+        if step == 0:
+            self.reset()
+        if self._runner is not None and step >= self.plan.num_steps:
+            raise ValueError(
+                f"sampling step {step} but the cache plan covers {self.plan.num_steps} steps: "
+                f"use a router / plan made for this number of steps"
+            )
+        self.step = step
+        self.slot = -1
+
+    def begin_evaluation(self) -> None:
+        """Start a new group of model calls (slots count from 0 again); the step and the store stay."""
+        self.slot = -1
+
+    def wrap(self, denoise):
+        """denoise(x, t, step) -> same, telling the engine which evaluation each model call belongs to."""
+
+        def cached_denoise(x, t, step):
+            self.begin_step(step)
+            return denoise(x, t, step)
+
+        return cached_denoise
+
+    # ------------------------------------------------------------------ behaviours for router training
+    @contextmanager
+    def recording(self):
+        """Compute every sub-layer and store its output (detached) for blending; starts a new evaluation."""
+        with self._behaving(Record(self.outputs)):
+            yield self
+
+    @contextmanager
+    def blending(self, beta: torch.Tensor):
+        """out = β_l·fresh + (1 − β_l)·recorded, β (L,) one weight per sub-layer; starts a new evaluation."""
+        if beta.shape != (len(self.modules),):
+            raise ValueError(f"blending weights must have shape ({len(self.modules)},), got {tuple(beta.shape)}")
+        with self._behaving(Blend(self.outputs, beta)):
+            yield self
+
+    @contextmanager
+    def bypassed(self):
+        """Compute every sub-layer and store nothing (the uncached teacher); starts a new evaluation."""
+        with self._behaving(Bypass()):
+            yield self
+
+    @contextmanager
+    def _behaving(self, behaviour):
+        if not self.attached:
+            raise RuntimeError("this cache engine is detached")
+        previous, self.behaviour = self.behaviour, behaviour
+        self.slot = -1
         try:
-            return self.outputs[key]
-        except KeyError:
-            raise RuntimeError(
-                f"sub-layer {key[1]} reuses a cached output at step {self.step} (model call {key[0]} of the step) "
-                f"but none is stored: run the steps in order from step 0, with the same guidance calls per step"
-            ) from None
+            yield
+        finally:
+            if self.attached:  # detach() inside the block already set the pass-through for good
+                self.behaviour = previous
+
+    # ------------------------------------------------------------------ memory report
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of sub-layer outputs and differences the plan holds now."""
+        return self._runner.stored_bytes if self._runner is not None else 0
+
+    @property
+    def peak_stored_bytes(self) -> int:
+        """The most bytes the plan held at once since the last reset (i.e. over the last sampling run)."""
+        return self._runner.peak_bytes if self._runner is not None else 0
 
 
-def attach_cache(model: nn.Module, plan: CachePlan | None = None, mode: str = "hard") -> CacheEngine:
+def attach_cache(model: nn.Module, plan: CachePlan | None = None) -> CacheEngine:
     """Attach a cache engine to a DiT / U-ViT (see CacheEngine). Use as a context manager or call detach()."""
-    return CacheEngine(model, plan, mode)
+    return CacheEngine(model, plan)

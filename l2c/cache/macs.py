@@ -5,11 +5,15 @@ Two conventions (spec §5 "MAC check", metrics.md §6):
 * "analytic": the same plus the attention matmuls (QKᵀ and AV: 2·T²·D per attention sub-layer), which thop and
   the FLOP counters miss for scaled_dot_product_attention.
 Counted with forward hooks on a shape-only (meta) copy of the model, so DiT-XL/2 costs nothing to count.
+
+Forecasting is element-wise arithmetic on a sub-layer's output, counted honestly in both conventions: a forecast
+executed at order p costs p multiply-adds per output element (f0 + k·F1 [+ c·F2]), and each computation that updates
+p divided differences costs p more (a subtraction and a scaling per order). A reuse or a drop costs nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,6 +27,7 @@ class MacProfile:
     sublayer_linear: list[float]  # (L,) Linear/Conv MACs of each cacheable sub-layer, one call, batch 1
     sublayer_attention: list[float]  # (L,) attention-matmul MACs (non-zero for attention sub-layers only)
     always_linear: float  # Linear/Conv MACs outside the cacheable sub-layers (embeddings, adaLN, skips, head)
+    sublayer_outputs: list[float] = field(default_factory=list)  # (L,) output elements of one call, batch 1
 
     def per_evaluation(self, compute_row, convention: str = "paper") -> float:
         per = (
@@ -34,6 +39,21 @@ class MacProfile:
 
     def full(self, convention: str = "paper") -> float:
         return self.per_evaluation([True] * len(self.sublayer_linear), convention)
+
+    def plan_total(self, plan, convention: str = "paper") -> float:
+        """MACs of a whole sampling run under a CachePlan (batch 1), forecasting arithmetic included."""
+        total = sum(self.per_evaluation(row, convention) for row in plan.compute.tolist())
+        return total + self.forecast_macs(plan)
+
+    def forecast_macs(self, plan) -> float:
+        """The element-wise multiply-adds a plan spends on forecasts and on updating their differences."""
+        if not plan.forecasts:
+            return 0.0
+        if len(self.sublayer_outputs) != plan.num_sublayers:
+            raise ValueError("this MacProfile has no sub-layer output sizes: make it with profile_macs()")
+        used, updated = plan.forecast_orders()
+        per_sublayer = (used + updated).sum(0).tolist()  # multiply-adds per output element, summed over steps
+        return float(sum(n * size for n, size in zip(per_sublayer, self.sublayer_outputs)))
 
 
 def profile_macs(preset: str, **overrides) -> MacProfile:
@@ -55,15 +75,17 @@ def _count(model: nn.Module) -> MacProfile:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device="meta")
     tokens: list[int] = []
-    attn_hooks = [m.register_forward_hook(lambda mod, i, o: tokens.append(o.shape[1])) for m in sublayers(model)[0::2]]
+    subs = sublayers(model)
+    shape_hooks = [m.register_forward_hook(lambda mod, i, o: tokens.append(o.shape[1])) for m in subs[0::2]]
+    outputs: list[float] = []  # output elements of each sub-layer, in call order = router order
+    shape_hooks += [m.register_forward_hook(lambda mod, i, o: outputs.append(float(o.numel()))) for m in subs]
     try:
         model(x, torch.zeros(1, device="meta"), torch.zeros(1, dtype=torch.long, device="meta"))
     finally:
-        for h in handles + attn_hooks:
+        for h in handles + shape_hooks:
             h.remove()
-    subs = sublayers(model)
     sub_linear = [sum(v for m, v in counts.items() if any(m is c for c in s.modules())) for s in subs]
     attention = []
     for i, s in enumerate(subs):
         attention.append(2.0 * tokens[i // 2] ** 2 * s.proj.in_features if i % 2 == 0 else 0.0)
-    return MacProfile(sub_linear, attention, sum(counts.values()) - sum(sub_linear))
+    return MacProfile(sub_linear, attention, sum(counts.values()) - sum(sub_linear), outputs)

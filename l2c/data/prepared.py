@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..io import atomic_write_json
+from ..utils.io import atomic_write_json
 from .folder import center_crop_arr, list_image_folder
 
 FORMAT = "l2c-prepared-data/1"

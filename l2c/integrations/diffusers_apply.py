@@ -22,7 +22,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..cache.engine import CacheEngine
+# CacheEngine from the package, not from l2c.cache.engine: the package keeps its name if the engine module splits.
+from ..cache import CacheEngine
 from ..cache.layout import layout_for, sublayers
 from ..cache.plan import CachePlan
 from ..router import Router, load_router
@@ -40,9 +41,7 @@ def resolve_plan(router_or_plan, threshold: float | None = None) -> CachePlan:
     if isinstance(router_or_plan, (str, Path)):
         router_or_plan, meta = load_router(router_or_plan)
     if not isinstance(router_or_plan, Router):
-        raise TypeError(
-            f"expected a CachePlan, a Router or a router file path, got {type(router_or_plan).__name__}"
-        )
+        raise TypeError(f"expected a CachePlan, a Router or a router file path, got {type(router_or_plan).__name__}")
     if threshold is None:
         threshold = meta.get("threshold", DEFAULT_THRESHOLD)
     return router_or_plan.to_plan(threshold)
@@ -68,7 +67,8 @@ def _check_supported(transformer: nn.Module) -> None:
     except TypeError as e:
         raise TypeError(f"l2c.apply: unsupported transformer {type(transformer).__name__}: {e}") from None
     except (ValueError, AttributeError) as e:
-        raise ValueError(f"l2c.apply: cannot find the cacheable sub-layers of {type(transformer).__name__}: {e}") from None
+        name = type(transformer).__name__
+        raise ValueError(f"l2c.apply: cannot find the cacheable sub-layers of {name}: {e}") from None
 
 
 class DiffusersCache:
@@ -89,15 +89,16 @@ class DiffusersCache:
         self._scheduler = None
         self._wrapper = None
         self._check_chunking()
-        self.engine = CacheEngine(transformer, plan, mode="hard")
-        try:
-            # prepend: our hook sets the step before the engine's own pre-hook counts this call as a slot.
-            self._hook = transformer.register_forward_pre_hook(self._before_call, prepend=True)
-            if scheduler is not None:
+        self.engine = CacheEngine(transformer, plan)  # real skipping: reused sub-layers are not entered
+        # prepend: our hook sets the step before the engine's own pre-hook counts this call as a slot.
+        self._hook = transformer.register_forward_pre_hook(self._before_call, prepend=True)
+        if scheduler is not None:
+            try:
                 self._wrap_scheduler(scheduler)
-        except Exception:
-            self.engine.detach()
-            raise
+            except Exception:
+                self._hook.remove()
+                self.engine.detach()
+                raise
 
     # ------------------------------------------------------------------ the step index
     def reset(self) -> None:

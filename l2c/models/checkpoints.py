@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import safe_torch_load
+from ..utils.io import safe_torch_load
 from . import MODELS, create_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

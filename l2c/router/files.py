@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..cache.plan import cache_steps_for
-from ..io import safe_torch_load
+from ..utils.io import safe_torch_load
 from .router import Router
 
 FORMAT = "l2c-router"
@@ -145,3 +145,21 @@ def _ordered_rows(probs: dict, path) -> list[torch.Tensor]:
     if sorted(index) != list(range(len(index))) or not index:
         raise ValueError(f"{path}: router indices are not 0..N-1: {sorted(index)[:5]}...")
     return [index[i].detach().cpu() for i in range(len(index))]
+
+
+def check_router_fits(router: Router, meta: dict, num_sublayers: int, sampler: str, num_evaluations: int) -> None:
+    """Reject a router made for another model size or sampling run, naming what would fit."""
+    if router.num_sublayers != num_sublayers:
+        raise ValueError(
+            f"the router has {router.num_sublayers} scores per step but this model has {num_sublayers} sub-layers "
+            f"({num_sublayers // 2} blocks): it was made for {meta.get('model', 'another model')}"
+        )
+    if router.num_steps != num_evaluations:
+        raise ValueError(
+            f"the router covers {router.num_steps} model evaluations but {sampler} here makes {num_evaluations}: "
+            f"use --steps {meta.get('steps', router.num_steps)}"
+        )
+    if meta.get("sampler") and meta["sampler"] != sampler:
+        raise ValueError(
+            f"the router was trained for {meta['sampler']}, not {sampler}: pass --sampler {meta['sampler']}"
+        )

@@ -85,3 +85,22 @@ def plot_router(router: Router, threshold: float, path, title: str = "") -> None
         fig.suptitle(title)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_training_history(history: dict, path) -> None:
+    """Loss (and its distillation part) and the mean cache-step score over router-training iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    ax[0].plot(history["iteration"], history["loss"], lw=0.5, label="loss")
+    ax[0].plot(history["iteration"], history["distill"], lw=0.5, label="distillation part")
+    ax[0].set(xlabel="iteration", yscale="log" if min(history["loss"], default=0) > 0 else "linear")
+    ax[0].legend()
+    ax[1].plot(history["iteration"], history["active"])
+    ax[1].set(xlabel="iteration", ylabel="mean score of cache steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..diffusion import DiffusionSpec, default_spec, epsilon_loss
-from ..io import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..models import MODELS, architecture_of, create_model
+from ..sampling.diffusion import DiffusionSpec, default_spec
+from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from .losses import epsilon_loss
 
 log = logging.getLogger(__name__)
 

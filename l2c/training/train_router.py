@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import distributed
 from ..cache.engine import CacheEngine
-from ..io import atomic_torch_save, atomic_write_json, safe_torch_load
+from ..models import ARCHITECTURES
 from ..router.router import Router
-from ..solvers import SamplerGeometry
+from ..sampling.solvers import SamplerGeometry
+from ..utils import distributed
+from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,13 @@ def official_defaults(arch: str, steps: int) -> dict:
     return dict(lam=0.1, lr=1e-3, loss="sum", clamp=0.0, threshold=0.9, batch_size=64, iterations=40000)
 
 
+def cpu_defaults(arch: str) -> dict:
+    """Settings for small models on a CPU: a few hundred iterations, so a far larger lr than the paper's 1e-3
+    (each cache step gets ~40 updates; Adam moves a logit by about lr per update), and λ calibrated on the model."""
+    loss = ARCHITECTURES[arch].router_loss
+    return dict(iterations=400, batch_size=16, lr=1e-1, lam="auto", loss=loss, clamp=5.0, threshold=0.5)
+
+
 def router_step_loss(
     model,
     engine: CacheEngine,
@@ -79,21 +87,17 @@ def router_step_loss(
     x_s, j = geometry.predecessor_state(x0, m, noise)
 
     def eps_fn(x, t):
-        engine.new_evaluation()
+        engine.begin_evaluation()
         return model(x, t, y)[:, : x.shape[1]]
 
     with torch.no_grad():
-        engine.set_mode("record")  # the last evaluation before m leaves its outputs in the cache
-        x_m = geometry.solver_step(eps_fn, x_s, j)
-        engine.set_mode("off")
-        engine.new_evaluation()
+        with engine.recording():  # the last evaluation before m leaves its outputs in the cache
+            x_m = geometry.solver_step(eps_fn, x_s, j)
         t_m = geometry.training_time(m, x0.shape[0], x0.device)
-        target = model(x_m, t_m, y)
-    engine.set_mode("soft")
-    beta = router.scores(m, cfg.ste_threshold)
-    engine.blend = beta
-    engine.new_evaluation()
-    pred = model(x_m, t_m, y)
+        with engine.bypassed():
+            target = model(x_m, t_m, y)
+    with engine.blending(router.scores(m, cfg.ste_threshold)):
+        pred = model(x_m, t_m, y)
     sq = (pred - target).square()
     distill = sq.mean() if cfg.loss == "mean" else sq.flatten(1).sum(1).mean()
     # Eq. (8): the L1 term is the sum of the scores of the one router being trained.
@@ -116,7 +120,7 @@ def caching_errors(
     D + λ Σ β, dropping sub-layer l pays off roughly when its error is below λ.
     """
     cfg = RouterTrainConfig(lam=0.0, loss=loss, label_dropout=0.0)
-    engine = CacheEngine(model, mode="off")
+    engine = CacheEngine(model)
     errors = torch.zeros(len(router.cache_steps), router.num_sublayers)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
@@ -135,6 +139,22 @@ def caching_errors(
     finally:
         engine.detach()
     return errors
+
+
+def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target_removal: float, batch_size=32):
+    """A number, or "auto": the target-removal quantile of single-layer caching errors measured on this model."""
+    if lam != "auto":
+        try:
+            return float(lam)
+        except ValueError:
+            raise ValueError(f"--lam must be a number or 'auto', got {lam!r}") from None
+    errors = caching_errors(model, router, geometry, sample_batch, batch_size=batch_size, loss=loss)
+    value = lambda_for_removal(errors, target_removal)
+    print(
+        f"λ = {value:.3g}: the {target_removal:.0%} quantile of single-layer caching errors "
+        f"(range {errors.min().item():.2g} .. {errors.max().item():.2g})"
+    )
+    return value
 
 
 def lambda_for_removal(errors: torch.Tensor, target_removal: float) -> float:
@@ -169,7 +189,7 @@ def train_router(
         router.logits.data.copy_(state["logits"])
         opt.load_state_dict(state["opt"])
         history, start = state["history"], state["iteration"]
-    engine = CacheEngine(model, mode="off")
+    engine = CacheEngine(model)
     null = model.null_class
     rank, world = distributed.rank(), distributed.world_size()
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)

@@ -9,10 +9,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .cache.engine import CacheEngine
-from .cache.plan import CachePlan
-from .diffusion import DiffusionSpec
-from .sampling import (
+from ..cache.engine import CacheEngine
+from ..cache.plan import CachePlan
+from ..sampling import (
     StackedRandomGenerator,
     batched_cfg_denoiser,
     conditional_denoiser,
@@ -21,7 +20,8 @@ from .sampling import (
     sample_dpm_solver,
     separate_cfg_denoiser,
 )
-from .solvers import SamplerGeometry
+from ..sampling.diffusion import DiffusionSpec
+from ..sampling.solvers import SamplerGeometry
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import distributed
-from .io import atomic_write_json
-from .pipeline import SampleConfig, generate, to_uint8
+from ..utils import distributed
+from ..utils.io import atomic_write_json
+from .generate import SampleConfig, generate, to_uint8
 
 
 def sample_to_npz(

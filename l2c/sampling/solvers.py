@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from .diffusion import DiffusionSpec
-from .sampling.dpm_solver import time_uniform
-from .sampling.schedules import NoiseScheduleVP, space_timesteps
+from .dpm_solver import time_uniform
+from .schedules import NoiseScheduleVP, space_timesteps
 
 SAMPLERS = ("ddim", "ddpm", "dpm-solver-2", "dpm-solver-2m")
 

@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench import device_name, time_runs
-from .cache.baselines import depth_plan, error_plan, fora_plan, random_plan, reused_count
-from .cache.macs import MacProfile
-from .cache.plan import CachePlan
-from .cache.smoothcache import alpha_for_budget, smoothcache_plan
-from .diffusion import DiffusionSpec
-from .metrics.scores import paired_metrics
-from .pipeline import SampleConfig, generate, to_uint8
-from .router.report import plan_macs
-from .router.router import Router
+from ..cache.baselines import depth_plan, error_plan, fora_plan, random_plan, reused_count
+from ..cache.macs import MacProfile
+from ..cache.plan import CachePlan
+from ..cache.smoothcache import alpha_for_budget, smoothcache_plan
+from ..metrics.scores import paired_metrics
+from ..router.report import plan_macs
+from ..router.router import Router
+from ..sampling.diffusion import DiffusionSpec
+from .generate import SampleConfig, generate, to_uint8
+from .timing import device_name, time_runs
 
 
 @dataclass

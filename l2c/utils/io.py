@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -48,3 +49,11 @@ def safe_torch_load(path: str | Path, safe_globals: list | None = None):
                 f"checkpoint {path} is truncated or corrupt ({msg.splitlines()[0]}); download or save it again"
             ) from e
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

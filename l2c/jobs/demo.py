@@ -7,65 +7,68 @@ process), speedup, MNIST-FID, class accuracy and PSNR against the uncached image
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .bench import time_runs
-from .cache.layout import sublayers
-from .cache.macs import profile_macs
-from .cache.plan import CachePlan
-from .commands import resolve_lambda, small_model_defaults
-from .diffusion import DiffusionSpec
-from .metrics.report import mnist_metrics
-from .metrics.scores import paired_metrics
-from .models import architecture_of
-from .models.checkpoints import load_model
-from .pipeline import SampleConfig, generate, save_grid, to_uint8
-from .router.report import plan_macs, plot_router, router_summary
+from ..cache.macs import profile_macs
+from ..cache.plan import CachePlan
+from ..metrics.report import mnist_metrics
+from ..metrics.scores import paired_metrics
+from ..models import architecture_of, conventions
+from ..models.checkpoints import load_model
+from ..router.report import plan_macs, plot_router, router_summary
+from ..sampling.diffusion import DiffusionSpec
+from ..training.train_router import cpu_defaults
+from .generate import SampleConfig, generate, save_grid, to_uint8
+from .timing import time_runs
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(
+    model_name: str = "dit-mnist",
+    images: int = 500,
+    iterations: int | None = None,
+    repeats: int = 5,
+    target_removal: float = 0.5,
+    out: str | Path = "demo_out",
+) -> int:
     start = time.time()
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, meta = load_model(args.model)
+    model, meta = load_model(model_name)
     spec = DiffusionSpec(**meta["diffusion"])
-    arch = architecture_of(model)
-    sampler = "ddim" if arch == "dit" else "dpm-solver-2"
+    sampler = conventions(model).sampler
     print(
-        f"[1/4] {args.model}: {meta['preset']}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
+        f"[1/4] {model_name}: {meta['preset']}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
         f"sampler {sampler}-20, guidance 1.5"
     )
-    router, threshold = _train_router(model, spec, sampler, args, out)
+    router, threshold = _train_router(model, spec, meta, sampler, model_name, iterations, target_removal, out)
     print(f"      ({time.time() - start:.0f} s so far)")
     plan = router.to_plan(threshold)
     cfg = SampleConfig(sampler=sampler, steps=20, cfg=1.5, batch_size=100)
-    seeds = list(range(args.images))
-    classes = [i % 10 for i in range(args.images)]
-    print(f"[3/4] sampling {args.images} images without and with the cache")
+    seeds = list(range(images))
+    classes = [i % 10 for i in range(images)]
+    print(f"[3/4] sampling {images} images without and with the cache")
     plain = to_uint8(generate(model, spec, seeds, classes, cfg))
     cached = to_uint8(generate(model, spec, seeds, classes, cfg, plan=plan))
     save_grid(plain[:100], out / "uncached.png", nrow=10, scale=2)
     save_grid(cached[:100], out / "cached.png", nrow=10, scale=2)
     print(f"      ({time.time() - start:.0f} s so far)")
-    print(f"[4/4] latency: {args.repeats} interleaved runs of a {min(64, args.images)}-image batch each")
+    print(f"[4/4] latency: {repeats} interleaved runs of a {min(64, images)}-image batch each")
     timing = time_runs(
         {
             "uncached": lambda: generate(model, spec, seeds[:64], classes[:64], cfg, progress=False),
             "cached": lambda: generate(model, spec, seeds[:64], classes[:64], cfg, plan=plan, progress=False),
         },
-        repeats=args.repeats,
+        repeats=repeats,
     )
     rows = _rows(model, meta, router, threshold, plan, plain, cached, classes, timing)
     for r in rows:
-        r["latency_batch"] = min(64, args.images)
+        r["latency_batch"] = min(64, images)
     print(f"      metrics done ({time.time() - start:.0f} s in all)")
-    table = _format(rows, args.images)
+    table = _format(rows, images)
     print(table)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -73,57 +76,33 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_router(model, spec, sampler, args, out):
-    from .cache.plan import cache_steps_for
-    from .data.mnist import load_mnist, to_model_range
-    from .data.prepared import ArrayDataset
-    from .router.files import save_router
-    from .router.router import Router
-    from .solvers import SamplerGeometry
-    from .training.train_router import RouterTrainConfig, train_router
+def _train_router(model, spec, meta, sampler, model_name, iterations, target_removal, out):
+    from ..data.mnist import load_mnist, to_model_range
+    from ..data.prepared import ArrayDataset
+    from ..router.files import load_router
+    from .train_router import RouterJob, train_router_job
 
-    settings = small_model_defaults(architecture_of(model))
-    threshold = settings.pop("threshold")
-    if args.iterations:
-        settings["iterations"] = args.iterations
-    geometry = SamplerGeometry(sampler, 20, spec)
-    router = Router(
-        20,
-        len(sublayers(model)),
-        cache_steps_for(geometry.default_cache_schedule, 20),
-        generator=torch.Generator().manual_seed(0),
-    )
+    settings = cpu_defaults(architecture_of(model))
+    overrides = (("iterations", iterations),) if iterations else ()
+    job = RouterJob(sampler=sampler, steps=20, guidance_scale=1.5, overrides=overrides, target_removal=target_removal)
     x, y = load_mnist("trainval")
-    data = ArrayDataset(to_model_range(x), y)
-    sample_batch = data.random_batch
-
-    settings["lam"] = resolve_lambda(
-        "auto", model, router, geometry, sample_batch, settings["loss"], args.target_removal, settings["batch_size"]
-    )
-    cfg = RouterTrainConfig(**settings)
-
+    sample_batch = ArrayDataset(to_model_range(x), y).random_batch
     print(
-        f"[2/4] training a router: {cfg.iterations} iterations, batch {cfg.batch_size}, λ = {cfg.lam:.3g}, "
-        f"lr = {cfg.lr} (Algorithm 1)"
+        f"[2/4] training a router: {iterations or settings['iterations']} iterations, batch {settings['batch_size']}, "
+        f"λ calibrated to remove {target_removal:.0%} of single-layer errors, lr = {settings['lr']} (Algorithm 1)"
     )
-    history = train_router(model, router, geometry, sample_batch, cfg, out_dir=out / "router_work")
-    save_router(
+    t0 = time.time()
+    path = out / "router.safetensors"
+    train_router_job(model, spec, meta, job, sample_batch, path, extra_meta={"model": model_name, "data": "mnist"})
+    router, router_meta = load_router(path)
+    plot_router(
         router,
-        out / "router.safetensors",
-        {
-            "model": args.model,
-            "sampler": sampler,
-            "steps": 20,
-            "guidance": 1.5,
-            "lambda": cfg.lam,
-            "threshold": threshold,
-            "arch": architecture_of(model),
-            "data": "mnist",
-        },
+        router_meta["threshold"],
+        out / "router.png",
+        title=f"{model_name} {sampler}-20, λ = {router_meta['lambda']:.3g}",
     )
-    plot_router(router, threshold, out / "router.png", title=f"{args.model} {sampler}-20, λ = {cfg.lam:.3g}")
-    print(f"      router trained in {history['wall_s']:.0f} s")
-    return router, threshold
+    print(f"      router trained in {time.time() - t0:.0f} s")
+    return router, router_meta["threshold"]
 
 
 def _rows(model, meta, router, threshold, plan, plain, cached, classes, timing):

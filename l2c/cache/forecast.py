@@ -1,0 +1,77 @@
+"""What one sub-layer keeps of its computed outputs, and the forecasts made from it (Taylor / Newton).
+
+A history holds the last computed output f0 (the tensor the sub-layer returned; kept, not copied), its evaluation
+index j0, and up to two difference tensors F1, F2 that are updated in place whenever the sub-layer is computed:
+
+    F1 <- (f - f0) / (j - j0)                    first divided difference (both forms)
+    F2 <- (F1_new - F1_old) / d                  d = j - j1 ("newton") or j - j0 ("taylorseer", its own form)
+
+so that a forecast at j = j0 + k is one fused op per order:
+
+    order 1:  f0 + k·F1                          torch.add(f0, F1, alpha=k)
+    order 2:  ... + c·F2,  c = k·(k + j0 - j1) ("newton") or k²/2 ("taylorseer")
+
+The two difference buffers are allocated on first use and then rewritten in place; no tensor is allocated per
+evaluation except the forecast itself (the value the block adds to its residual stream).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+class SublayerHistory:
+    """The outputs of one sub-layer (in one model-call slot) that later evaluations reuse or extrapolate."""
+
+    __slots__ = ("newton", "f0", "j0", "j1", "order", "f1", "f2")
+
+    def __init__(self, newton: bool):
+        self.newton = newton
+        self.f0: torch.Tensor | None = None  # last computed output
+        self.j0 = self.j1 = 0  # evaluation indices of the last two computations
+        self.order = -1  # differences held: -1 none (empty), 0 output only, 1 F1, 2 F1 and F2
+        self.f1: torch.Tensor | None = None  # F1 buffer
+        self.f2: torch.Tensor | None = None  # F2 buffer
+
+    def nbytes(self) -> int:
+        return _nbytes(self.f0) + _nbytes(self.f1) + _nbytes(self.f2)
+
+    def push(self, out: torch.Tensor, j: int, want: int) -> None:
+        """Record the output computed at evaluation j, keeping differences up to order `want` (when available)."""
+        order = min(want, self.order + 1)
+        if order >= 1:
+            self._update_differences(out.detach(), j, order)
+        self.f0, self.j1, self.j0, self.order = out, self.j0, j, order
+        if order < 2:
+            self.f2 = None  # not read again: free it
+        if order < 1:
+            self.f1 = None
+
+    def _update_differences(self, out: torch.Tensor, j: int, order: int) -> None:
+        gap = j - self.j0
+        if order == 1:
+            if self.f1 is None or self.f1.shape != out.shape:
+                self.f1 = torch.empty_like(out)
+            torch.sub(out, self.f0, out=self.f1).div_(gap)
+            return
+        # F1_new goes into the F2 buffer (the old F2 is no longer needed); the F1 buffer, holding F1_old, then
+        # becomes F2 = (F1_new - F1_old) / d; the two buffers swap names. Four passes, no allocation.
+        fresh = self.f2 if self.f2 is not None and self.f2.shape == out.shape else torch.empty_like(out)
+        torch.sub(out, self.f0, out=fresh).div_(gap)
+        torch.sub(fresh, self.f1, out=self.f1).div_(j - self.j1 if self.newton else gap)
+        self.f1, self.f2 = fresh, self.f1
+
+    def forecast(self, j: int, order: int) -> torch.Tensor:
+        """The extrapolated output at evaluation j, at `order` or the highest order held (0 = the stored output)."""
+        order = min(order, self.order)
+        if order <= 0:
+            return self.f0
+        k = j - self.j0
+        out = torch.add(self.f0, self.f1, alpha=k)
+        if order >= 2:
+            out.add_(self.f2, alpha=k * (k + self.j0 - self.j1) if self.newton else k * k / 2)
+        return out

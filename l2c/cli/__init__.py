@@ -1,0 +1,78 @@
+"""The `l2c` command line: one entry point, one module per subcommand, registered in COMMANDS.
+
+Each command module holds HELP, add_arguments(parser) and run(args) -> exit code. `main(argv) -> int` is testable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import (
+    compare,
+    demo,
+    evaluate,
+    export_model,
+    fetch_mnist,
+    prepare_data,
+    router,
+    sample,
+    train_classifier,
+    train_model,
+    train_router,
+)
+from .common import Formatter
+
+COMMANDS = {
+    "sample": sample,
+    "router": router,
+    "train-router": train_router,
+    "train-model": train_model,
+    "export-model": export_model,
+    "prepare-data": prepare_data,
+    "fetch-mnist": fetch_mnist,
+    "evaluate": evaluate,
+    "train-classifier": train_classifier,
+    "compare": compare,
+    "demo": demo,
+}
+DISTRIBUTED_COMMANDS = ("sample", "train-router")  # the commands that split their work over torchrun processes
+
+EPILOG = """examples:
+  l2c demo                                   # train a router on the bundled dit-mnist, compare cached / uncached
+  l2c sample --model dit-mnist --steps 20 --cfg 1.5 --seeds 0-63 --classes 0-9 --out grid.png
+  l2c router import DDIM20_router.pt --arch dit --steps 20 --out ddim20.safetensors
+  l2c router show ddim20.safetensors --threshold 0.1 --model DiT-XL/2 --json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="l2c", description=__doc__, epilog=EPILOG, formatter_class=Formatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=Formatter))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..utils import distributed
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        if distributed.launched_with_torchrun():
+            if args.command not in DISTRIBUTED_COMMANDS:
+                raise ValueError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run; start it plainly")
+            args.device = distributed.init(args.device)
+        return COMMANDS[args.command].run(args) or 0
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"l2c {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Arguments and argument-to-library glue shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..jobs.generate import SampleConfig
+from ..models import MODELS, conventions
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="dit-mnist",
+        help=f"bundled model (dit-mnist, uvit-mnist) or preset ({', '.join(list(MODELS)[:3])}, ...) with --ckpt",
+    )
+    p.add_argument("--ckpt", default=None, help="checkpoint file for a preset (official .pt/.pth or ours)")
+    p.add_argument("--random-init", action="store_true", help="random weights (smoke tests; no --ckpt needed)")
+    p.add_argument("--schedule", default=None, help="beta schedule override (linear | scaled_linear)")
+    p.add_argument("--device", default="cpu", help="torch device")
+
+
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=["ddim", "ddpm", "dpm-solver-2", "dpm-solver-2m"],
+        help="sampler (default: ddim for DiT, dpm-solver-2 for U-ViT)",
+    )
+    p.add_argument("--steps", type=int, default=20, help="DDIM/DDPM steps, or NFE for DPM-Solver")
+    p.add_argument("--cfg", type=float, default=1.5, help="guidance weight w (1 = off; U-ViT's scale 0.4 = w 1.4)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM η")
+    p.add_argument(
+        "--guided-channels",
+        choices=["auto", "all"],
+        default="auto",
+        help="DiT batched guidance: "
+        "'auto' guides 3 channels of 4-channel latents as upstream DiT does, else all; 'all' guides all",
+    )
+
+
+def load_model(args):
+    from ..jobs.loading import load_for_sampling
+
+    return load_for_sampling(args.model, args.ckpt, args.random_init, args.schedule, args.device)
+
+
+def sample_config(args, model, batch_size: int = 64) -> SampleConfig:
+    return SampleConfig(
+        sampler=args.sampler or conventions(model).sampler,
+        steps=args.steps,
+        cfg=args.cfg,
+        eta=args.eta,
+        guided_channels=args.guided_channels,
+        batch_size=batch_size,
+    )
+
+
+def load_router_for(args, model, config: SampleConfig):
+    """(router, metadata, θ) of --router, checked against the model and sampling run; θ from --threshold or the file."""
+    from ..cache.layout import sublayers
+    from ..router.files import check_router_fits, load_router
+    from ..sampling.diffusion import DiffusionSpec
+    from ..sampling.solvers import SamplerGeometry
+
+    router, meta = load_router(args.router)
+    evaluations = SamplerGeometry(config.sampler, config.steps, DiffusionSpec()).num_evaluations
+    check_router_fits(router, meta, len(sublayers(model)), config.sampler, evaluations)
+    threshold = args.threshold if args.threshold is not None else meta.get("threshold", 0.5)
+    return router, meta, threshold

@@ -1,0 +1,108 @@
+"""`l2c compare`: L2C against fewer steps, FORA, SmoothCache and manual layer selections on the same seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_args, add_sampler_args, load_model, load_router_for, sample_config
+
+HELP = "L2C against fewer steps, FORA and manual layer selections: same seeds, one table"
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    add_sampler_args(p)
+    p.add_argument("--router", required=True, help="router file (from train-router or router import)")
+    p.add_argument("--threshold", type=float, default=None, help="θ (default: the one stored in the router file)")
+    p.add_argument("--images", type=int, default=1000, help="images per method for the quality metrics")
+    p.add_argument("--batch-size", type=int, default=100, help="sampling batch for the quality images")
+    p.add_argument("--repeats", type=int, default=3, help="latency repeats per method (median reported)")
+    p.add_argument("--latency-batch", type=int, default=64, help="images per timed batch")
+    p.add_argument("--fora", type=int, nargs="*", default=[2, 3], help="FORA intervals to include")
+    p.add_argument("--fewer-steps", type=int, nargs="*", default=[], help="extra step counts without caching")
+    p.add_argument(
+        "--data",
+        default="auto",
+        help="images for the single-layer-error baseline: 'mnist', 'generated', a prepared folder, 'none' "
+        "(skip it); 'auto' = mnist for MNIST models, else none",
+    )
+    p.add_argument("--smoothcache-images", type=int, default=16, help="SmoothCache calibration images (0 = skip it)")
+    p.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models: images compared decoded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the error measurement")
+    p.add_argument("--out", default="compare_out", help="output folder (compare.md, compare.json, compare.png)")
+
+
+def run(args) -> int:
+    from ..cache.layout import sublayers
+    from ..cache.macs import profile_macs
+    from ..jobs.compare import run_comparison, standard_methods, write_report
+    from ..jobs.generate import generate
+    from ..jobs.loading import decoder_for, is_latent
+    from ..models import conventions
+
+    model, spec, meta = load_model(args)
+    config = sample_config(args, model, args.batch_size)
+    router, _, threshold = load_router_for(args, model, config)
+    macs = profile_macs(meta["preset"])
+    mnist_shaped = model.in_channels == 1 and model.input_size == 28
+    errors = None
+    data = ("mnist" if mnist_shaped else "none") if args.data == "auto" else args.data
+    if data != "none":
+        from ..jobs.train_router import batch_source
+        from ..sampling.solvers import SamplerGeometry
+        from ..training.train_router import caching_errors
+
+        work = Path(args.out) / "data"
+        batches = batch_source(data, model, spec, meta, args.vae, work, config, generated_images=256)
+        geometry = SamplerGeometry(config.sampler, config.steps, spec)
+        print(f"measuring single-layer caching errors ({len(router.cache_steps)} x {len(sublayers(model))})")
+        loss = conventions(model).router_loss
+        errors = caching_errors(model, router, geometry, batches, batch_size=32, loss=loss, seed=args.seed)
+    changes = None
+    if args.smoothcache_images:
+        from ..cache.smoothcache import calibrate_changes
+
+        n = args.smoothcache_images
+        print(f"calibrating SmoothCache on {n} images")
+        calibration_seeds = list(range(10**6, 10**6 + n))  # not the evaluation seeds
+        calibration_classes = [i % model.null_class for i in range(n)]
+        changes = calibrate_changes(
+            model, lambda: generate(model, spec, calibration_seeds, calibration_classes, config), router.num_steps
+        )
+    methods = standard_methods(
+        router,
+        threshold,
+        config.steps,
+        config.sampler,
+        macs,
+        errors,
+        changes,
+        tuple(args.fora),
+        tuple(args.fewer_steps),
+        args.seed,
+    )
+    quality = None
+    if mnist_shaped:
+        from ..metrics.report import mnist_metrics
+
+        quality = mnist_metrics
+    seeds = list(range(args.images))
+    classes = [i % model.null_class for i in range(args.images)]
+    decode = decoder_for(meta, args.vae, args.device) if is_latent(meta) else None
+    rows, _ = run_comparison(
+        model, spec, macs, methods, config, seeds, classes, args.repeats, args.latency_batch, quality, decode
+    )
+    context = {
+        "model": args.model,
+        "preset": meta["preset"],
+        "router": str(args.router),
+        "threshold": threshold,
+        "sampler": config.sampler,
+        "steps": config.steps,
+        "cfg": config.cfg,
+        "images": args.images,
+        "repeats": args.repeats,
+    }
+    print(write_report(rows, Path(args.out), context))
+    print(f"wrote {args.out}/compare.md, compare.json, compare.png")
+    return 0

@@ -1,0 +1,76 @@
+"""`l2c router import | show`: official router files in, per-step tables, JSON and heat-maps out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..models import MODELS
+from .common import Formatter
+
+HELP = "import, inspect and plot routers"
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="router_command", required=True, metavar="ACTION")
+    imp = sub.add_parser("import", help=IMPORT_HELP, description=IMPORT_HELP, formatter_class=Formatter)
+    imp.add_argument("file", help="official DDIM{N}_router.pt or dpm{NFE}_router.pth")
+    imp.add_argument("--arch", choices=["dit", "uvit"], required=True, help="architecture the router was trained for")
+    imp.add_argument("--steps", type=int, required=True, help="DDIM steps (DiT) or NFE (U-ViT) of the file")
+    imp.add_argument("--out", required=True, help="output .safetensors")
+    show = sub.add_parser("show", help=SHOW_HELP, description=SHOW_HELP, formatter_class=Formatter)
+    show.add_argument("router", help="l2c router file (.safetensors)")
+    show.add_argument("--threshold", type=float, default=None, help="θ (default: the router's own)")
+    show.add_argument(
+        "--model", default=None, choices=list(MODELS), metavar="PRESET", help="model preset, to report MACs per image"
+    )
+    show.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    show.add_argument("--png", default=None, help="write the router heat-map here")
+
+
+IMPORT_HELP = "convert an official router file (.pt / .pth) to an l2c router file"
+SHOW_HELP = "print a router's per-step executed sub-layers (and MACs), optionally plot it"
+
+
+def run(args) -> int:
+    return run_import(args) if args.router_command == "import" else run_show(args)
+
+
+def run_import(args) -> int:
+    from ..router.files import import_official, save_router
+    from ..utils.io import file_sha256
+
+    router, meta = import_official(args.file, args.arch, args.steps)
+    meta["source_sha256"] = file_sha256(args.file)
+    save_router(router, args.out, meta)
+    print(
+        f"wrote {args.out}: {router.num_steps} steps x {router.num_sublayers} sub-layers, "
+        f"{len(router.cache_steps)} cache steps"
+    )
+    return 0
+
+
+def run_show(args) -> int:
+    from ..cache.macs import profile_macs
+    from ..router.files import load_router
+    from ..router.report import format_table, plot_router, router_summary
+
+    router, meta = load_router(args.router)
+    threshold = args.threshold if args.threshold is not None else meta.get("threshold", 0.5)
+    macs = None
+    if args.model:
+        macs = profile_macs(args.model)
+        if len(macs.sublayer_linear) != router.num_sublayers:
+            raise ValueError(
+                f"router has {router.num_sublayers} sub-layers per step, {args.model} has {len(macs.sublayer_linear)}"
+            )
+    summary = router_summary(router, threshold, macs)
+    if args.png:
+        plot_router(router, threshold, args.png, title=Path(args.router).name)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_table(summary))
+        if args.png:
+            print(f"wrote {args.png}")
+    return 0

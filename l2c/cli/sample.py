@@ -1,0 +1,61 @@
+"""`l2c sample`: an image grid and optionally an ADM-format .npz, with or without a router."""
+
+from __future__ import annotations
+
+from .common import add_model_args, add_sampler_args, load_model, load_router_for, sample_config
+
+HELP = "sample an image grid (and optionally an ADM-format .npz), with or without a router"
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    add_sampler_args(p)
+    p.add_argument("--seeds", default="0-15", help="image seeds, e.g. 0-63 or 1,5,9; image i depends only on its seed")
+    p.add_argument("--classes", default="0-9", help="class labels, cycled over the seeds")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (does not change the images)")
+    p.add_argument("--router", default=None, help="router file (.safetensors); samples with real skipping")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="θ: execute a sub-layer iff its score > θ (default: the router's)"
+    )
+    p.add_argument("--out", default="samples.png", help="output grid PNG")
+    p.add_argument(
+        "--npz",
+        default=None,
+        help="write all images as an ADM-format .npz (arr_0: uint8 NHWC, labels, seeds); resumable, and split over "
+        "processes under torchrun",
+    )
+    p.add_argument("--grid-max", type=int, default=256, help="images in the grid PNG (the first ones)")
+    p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder, for latent models")
+
+
+def run(args) -> int:
+    from ..jobs.generate import generate, save_grid, to_uint8
+    from ..jobs.loading import decoder_for
+    from ..sampling.seeds import parse_int_list
+    from ..utils import distributed
+
+    model, spec, meta = load_model(args)
+    seeds = parse_int_list(args.seeds)
+    labels = parse_int_list(args.classes)
+    classes = [labels[i % len(labels)] for i in range(len(seeds))]
+    config = sample_config(args, model, args.batch_size)
+    plan = None
+    if args.router:
+        router, _, threshold = load_router_for(args, model, config)
+        plan = router.to_plan(threshold)
+    decode = decoder_for(meta, args.vae, args.device)
+    if args.npz:  # written in resumable parts, split over torchrun processes when launched with torchrun
+        from ..jobs.sample_sets import sample_to_npz
+
+        images = sample_to_npz(model, spec, seeds, classes, config, args.npz, plan=plan, decode=decode)
+        if images is None:
+            return 0  # not the main process
+        images = images[: args.grid_max]
+    else:
+        if distributed.world_size() > 1:
+            raise ValueError("under torchrun, sample writes its images with --npz FILE (the grid alone is not split)")
+        grid_seeds, grid_classes = seeds[: args.grid_max], classes[: args.grid_max]
+        images = to_uint8(generate(model, spec, grid_seeds, grid_classes, config, plan, decode))
+    save_grid(images, args.out, scale=2 if images.shape[1] < 64 else 1)
+    print(f"wrote {args.out}" + (f" and {args.npz}" if args.npz else "") + f" ({len(seeds)} images)")
+    return 0

@@ -1,0 +1,69 @@
+"""`l2c train-router`: train a Learning-to-Cache router against a frozen model (Algorithm 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_args, add_sampler_args, load_model, sample_config
+
+HELP = "train a Learning-to-Cache router against a frozen model (Algorithm 1)"
+SETTINGS = ("iterations", "batch_size", "lr", "lam", "loss", "clamp", "threshold")
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    add_sampler_args(p)
+    p.add_argument(
+        "--data",
+        default="mnist",
+        help="'mnist', 'generated' (images the model samples itself), a folder made by `l2c prepare-data`, "
+        "or an image folder (prepared beside --out first)",
+    )
+    p.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models with an image folder)")
+    p.add_argument("--generated-images", type=int, default=512, help="pool size for --data generated")
+    p.add_argument("--iterations", type=int, default=None, help="router optimizer steps (default per model)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch per iteration (default per model)")
+    p.add_argument("--lr", type=float, default=None, help="router AdamW learning rate (default per model)")
+    p.add_argument(
+        "--lam",
+        "--lambda",
+        dest="lam",
+        default=None,
+        help="λ of the sparsity term, or 'auto': the --target-removal quantile of measured single-layer "
+        "caching errors (default: auto for the small presets, Table 8 with --official)",
+    )
+    p.add_argument(
+        "--target-removal",
+        type=float,
+        default=0.5,
+        help="for --lam auto: share of cache-step sub-layers whose caching error is below λ",
+    )
+    p.add_argument("--loss", choices=["mean", "sum"], default=None, help="distillation loss form (DiT mean, U-ViT sum)")
+    p.add_argument("--clamp", type=float, default=None, help="clamp logits to ±c after each step; 0 = off")
+    p.add_argument("--threshold", type=float, default=None, help="θ stored in the router file")
+    p.add_argument("--ste-threshold", type=float, default=None, help="straight-through threshold in training")
+    p.add_argument("--official", action="store_true", help="use the paper's Table 8 settings (λ, lr, loss, clamp)")
+    p.add_argument("--seed", type=int, default=0, help="seed for batches, steps and the router init")
+    p.add_argument("--out", default="router.safetensors", help="router file to write (working files beside it)")
+    p.add_argument("--resume", action="store_true", help="continue from the working checkpoint beside --out")
+
+
+def run(args) -> int:
+    from ..jobs.train_router import RouterJob, batch_source, train_router_job
+
+    model, spec, meta = load_model(args)
+    sampling = sample_config(args, model)
+    job = RouterJob(
+        sampler=sampling.sampler,
+        steps=args.steps,
+        guidance_scale=args.cfg,
+        official=args.official,
+        overrides=tuple((k, getattr(args, k)) for k in SETTINGS if getattr(args, k) is not None),
+        target_removal=args.target_removal,
+        ste_threshold=args.ste_threshold,
+        seed=args.seed,
+    )
+    out = Path(args.out)
+    batches = batch_source(args.data, model, spec, meta, args.vae, out.with_suffix(""), sampling, args.generated_images)
+    train_router_job(model, spec, meta, job, batches, out, resume=args.resume, extra_meta={"data": args.data})
+    return 0
