@@ -72,13 +72,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, spec, meta = load_for_sampling(args.model, args.ckpt, args.random_init, args.schedule, args.device)
     plan = make_plan(args, model)
-    cfg = SampleConfig(sampler=args.sampler, steps=args.steps, cfg=args.cfg, batch_size=args.batch)
+    config = SampleConfig(sampler=args.sampler, steps=args.steps, guidance_scale=args.cfg, batch_size=args.batch)
     seeds, classes = list(range(args.batch)), [i % model.null_class for i in range(args.batch)]
     full = CachePlan.full(plan.num_steps, plan.num_sublayers)
     timing = time_runs(
         {
-            "uncached": lambda: generate(model, spec, seeds, classes, cfg, progress=False),
-            "cached": lambda: generate(model, spec, seeds, classes, cfg, plan=plan, progress=False),
+            "uncached": lambda: generate(model, spec, seeds, classes, config, progress=False),
+            "cached": lambda: generate(model, spec, seeds, classes, config, plan=plan, progress=False),
         },
         repeats=args.repeats,
         device=args.device,

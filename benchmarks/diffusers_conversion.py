@@ -36,8 +36,8 @@ from l2c.integrations.diffusers_convert import (  # noqa: E402
 from l2c.metrics.classifier import classify, load_classifier  # noqa: E402
 from l2c.metrics.scores import paired_metrics  # noqa: E402
 from l2c.models.checkpoints import load_model  # noqa: E402
-from l2c.sampling.ddim import sample_ddim  # noqa: E402
 from l2c.sampling.guidance import batched_cfg_denoiser  # noqa: E402
+from l2c.sampling.samplers import sample_ddim  # noqa: E402
 from l2c.sampling.schedules import alphas_cumprod, linear_betas, space_timesteps  # noqa: E402
 
 CFG, STEPS = 1.5, 20

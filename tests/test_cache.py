@@ -1,4 +1,4 @@
-"""Cache engine and plans: identity, hand-computed skips, reference loop, soft mode, gradients, STE, keep-set."""
+"""Cache engine and plans: identity, hand-computed skips, reference loop, blending, gradients, STE, keep-set."""
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ def spec_for(preset):
 @pytest.mark.parametrize("cfg", [1.0, 1.5])
 def test_all_compute_plan_is_bitwise_identical(preset, sampler, cfg):
     model = random_model(preset)
-    sc = SampleConfig(sampler=sampler, steps=6, cfg=cfg)
+    sc = SampleConfig(sampler=sampler, steps=6, guidance_scale=cfg)
     plain = generate(model, spec_for(preset), [0, 1, 2], [1, 2, 3], sc, progress=False)
     L = len(sublayers(model))
     cached = generate(model, spec_for(preset), [0, 1, 2], [1, 2, 3], sc, plan=CachePlan.full(6, L), progress=False)
@@ -200,13 +200,13 @@ def test_uvit_separate_guidance_uses_two_caches():
     """Cond and uncond calls of one evaluation must not share cached outputs (spec §2.2)."""
     model = random_model("U-ViT-tiny", torch.float64)
     L = len(sublayers(model))
-    sc = SampleConfig(sampler="dpm-solver-2", steps=4, cfg=1.4)
+    sc = SampleConfig(sampler="dpm-solver-2", steps=4, guidance_scale=1.4)
     compute = torch.ones(4, L, dtype=torch.bool)
     compute[2] = False  # shifted cache step: reuses the intermediate evaluation 1
     cached = generate(model, spec_for("U-ViT"), [0, 1], [1, 2], sc, plan=CachePlan(compute), progress=False)
 
     from l2c.sampling import sample_dpm_solver
-    from l2c.sampling.dpm_solver import time_uniform
+    from l2c.sampling.samplers import time_uniform
     from l2c.sampling.schedules import NoiseScheduleVP
     from l2c.sampling.seeds import StackedRandomGenerator
 
@@ -269,16 +269,16 @@ def test_wrong_plan_size_is_rejected():
 
 
 def test_router_gradients_reach_only_router():
-    from l2c.sampling.solvers import SamplerGeometry
+    from l2c.sampling import make_sampler
     from l2c.training.train_router import RouterTrainConfig, router_step_loss
 
     model = random_model("DiT-tiny")
     router = Router(6, 4, cache_steps_for("alternate", 6))
-    geometry = SamplerGeometry("ddim", 6, spec_for("DiT"))
-    engine = CacheEngine(model, mode="off")
+    sampler = make_sampler("ddim", 6, spec_for("DiT"))
+    engine = CacheEngine(model)
     x0, y = torch.randn(3, 1, 8, 8), torch.tensor([1, 2, 3])
     loss, _ = router_step_loss(
-        model, engine, router, geometry, x0, y, 3, torch.randn_like(x0), RouterTrainConfig(lam=0.01)
+        model, engine, router, sampler, x0, y, 3, torch.randn_like(x0), RouterTrainConfig(lam=0.01)
     )
     loss.backward()
     engine.detach()
@@ -307,7 +307,7 @@ def test_repeated_cached_sampling_is_identical():
     L = len(sublayers(model))
     compute = torch.ones(6, L, dtype=torch.bool)
     compute[[2, 4], ::2] = False
-    sc = SampleConfig(sampler="dpm-solver-2", steps=6, cfg=1.5, batch_size=2)
+    sc = SampleConfig(sampler="dpm-solver-2", steps=6, guidance_scale=1.5, batch_size=2)
     a = generate(model, spec_for("U-ViT"), [0, 1, 2], [1, 2, 3], sc, plan=CachePlan(compute), progress=False)
     b = generate(model, spec_for("U-ViT"), [0, 1, 2], [1, 2, 3], sc, plan=CachePlan(compute), progress=False)
     assert torch.equal(a, b)

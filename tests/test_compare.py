@@ -87,7 +87,7 @@ def test_smoothcache_plan_follows_the_calibrated_changes():
 def test_calibrate_changes_is_the_mean_relative_l1_per_kind(tiny):
     model, _ = tiny
     spec = default_spec("dit")
-    cfg = SampleConfig(steps=4, cfg=1.5, batch_size=4)
+    cfg = SampleConfig(steps=4, guidance_scale=1.5, batch_size=4)
     run = lambda: generate(model, spec, [0, 1], [3, 4], cfg, progress=False)  # noqa: E731
     changes = calibrate_changes(model, run, 4)
     upper = torch.triu_indices(4, 4, 1)
@@ -143,7 +143,7 @@ def test_run_comparison_rows_match_direct_sampling(tiny):
     model, router = tiny
     spec = default_spec("dit")
     plan = router.to_plan(0.5)
-    cfg = SampleConfig(steps=6, cfg=1.5, batch_size=4)
+    cfg = SampleConfig(steps=6, guidance_scale=1.5, batch_size=4)
     seeds, classes = list(range(6)), [i % 10 for i in range(6)]
     methods = [Method("uncached", 6), Method("l2c", 6, plan), Method("fewer", 4)]
     rows, images = run_comparison(

@@ -198,6 +198,9 @@ def test_unsupported_models_fail_loudly(pipe):
     finally:
         block.set_chunk_feed_forward(None, dim=0)
     assert not any("forward" in m.__dict__ for m in sublayers(transformer))  # failed applies left nothing
+    with apply(pipe, CachePlan.full(STEPS, 4)):
+        with pytest.raises(RuntimeError, match="already attached"):
+            apply(pipe, CachePlan.full(STEPS, 4))
 
 
 def test_bare_transformer_counts_and_resets(pipe):

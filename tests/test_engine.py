@@ -168,6 +168,10 @@ def test_stored_memory_report(curve_layout):
     # history holds f0 after 0, f0 + F1 after 2, f0 + F1 + F2 after 4, and is freed after its last read at 5.
     _, peak, left = run(CurveNet(wavy, wavy, wavy, wavy), taylorseer(7, 4, 2, 2))
     assert peak == 4 * 3 * 24 and left == 0
+    with torch.no_grad():  # sampling: forecasts are written into one more buffer per history, not allocated
+        out, peak, left = run(CurveNet(wavy, wavy, wavy, wavy), taylorseer(7, 4, 2, 2))
+    assert peak == 4 * 4 * 24 and left == 0
+    torch.testing.assert_close(out, run(CurveNet(wavy, wavy, wavy, wavy), taylorseer(7, 4, 2, 2))[0])
     _, peak, left = run(CurveNet(wavy, wavy, wavy, wavy), fora(7, 4, 3))  # reuse keeps the output only
     assert peak == 4 * 24 and left == 0
     _, peak, _ = run(CurveNet(wavy, wavy, wavy, wavy), CachePlan.full(7, 4))  # nothing is ever read back
@@ -265,7 +269,7 @@ def test_second_engine_is_refused_and_foreign_wrappers_are_left_alone():
 
 # ------------------------------------------------------------------ sampling with general plans
 def sample_config(sampler, steps, weight):
-    return SampleConfig(sampler=sampler, steps=steps, cfg=weight, batch_size=4)
+    return SampleConfig(sampler=sampler, steps=steps, guidance_scale=weight, batch_size=4)
 
 
 CASES = [("DiT-tiny", "ddim", 1.5, 1), ("U-ViT-tiny", "dpm-solver-2", 1.4, 2)]  # model calls per evaluation

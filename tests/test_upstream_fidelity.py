@@ -138,7 +138,7 @@ def alternate_plan(model, steps, seed=0):
 
 def ours(model, sampler, steps, scale, plan=None):
     spec = DiffusionSpec("linear", 0) if sampler in ("ddim", "ddpm") else DiffusionSpec("scaled_linear", 1)
-    config = SampleConfig(sampler=sampler, steps=steps, cfg=scale, batch_size=len(SEEDS))
+    config = SampleConfig(sampler=sampler, steps=steps, guidance_scale=scale, batch_size=len(SEEDS))
     return generate(model, spec, SEEDS, CLASSES, config, plan=plan, progress=False)
 
 
@@ -275,11 +275,11 @@ def test_uvit_router_training_feeds_rounded_time_at_the_cache_step():
     (sampling feeds the float t·1000); the solver step into it keeps the float times."""
     from l2c.cache.engine import CacheEngine
     from l2c.router.router import Router
-    from l2c.sampling.solvers import SamplerGeometry
+    from l2c.sampling import make_sampler
     from l2c.training.train_router import RouterTrainConfig, router_step_loss
 
     model = random_model("U-ViT-tiny")
-    geometry = SamplerGeometry("dpm-solver-2", 20, DiffusionSpec("scaled_linear", 1))
+    sampler = make_sampler("dpm-solver-2", 20, DiffusionSpec("scaled_linear", 1))
     seen = []
     model.register_forward_pre_hook(lambda mod, args: seen.append(float(args[1][0])))
     router = Router(20, 2 * len(model.blocks), list(range(2, 20, 2))).double()
@@ -288,7 +288,7 @@ def test_uvit_router_training_feeds_rounded_time_at_the_cache_step():
     y = torch.tensor([1, 2])
     m = 4
     try:
-        router_step_loss(model, engine, router, geometry, x0, y, m, torch.randn_like(x0), RouterTrainConfig())
+        router_step_loss(model, engine, router, sampler, x0, y, m, torch.randn_like(x0), RouterTrainConfig())
     finally:
         engine.detach()
     t_m = float(time_uniform(10)[m // 2]) * 1000
@@ -301,32 +301,20 @@ def test_uvit_router_training_feeds_rounded_time_at_the_cache_step():
 def test_bundled_dit_mnist_samples_unchanged_by_the_guidance_fix():
     """dit-mnist guides its only channel, so [x_c; x_c] and the doubled sampler state [x_c; x_u] are the same tensor:
     its published numbers (made before the fix, with the doubled state fed to the model) stand bit for bit."""
-    from l2c.jobs.generate import _sample_batch
     from l2c.models.checkpoints import load_model
-    from l2c.sampling import guidance
-    from l2c.sampling.solvers import SamplerGeometry
+    from l2c.sampling import make_sampler
 
     model, _ = load_model("dit-mnist")
-    spec = DiffusionSpec("linear", 0)
-    config = SampleConfig(sampler="ddim", steps=6, cfg=1.5, batch_size=4)
-    new = generate(model, spec, [0, 1, 2, 3], [0, 1, 2, 3], config, progress=False)
+    spec, seeds = DiffusionSpec("linear", 0), [0, 1, 2, 3]
+    config = SampleConfig(sampler="ddim", steps=6, guidance_scale=1.5, batch_size=4)
+    new = generate(model, spec, seeds, seeds, config, progress=False)
 
-    def doubled_state_denoiser(model, y, scale, null_class, channels):  # the form before the fix
-        y2 = torch.cat([y, torch.full_like(y, null_class)])
+    y2 = torch.tensor(seeds + [model.null_class] * 4)
 
-        def denoise(x, t, step):
-            cond, uncond = model(x, t, y2)[:, :channels].chunk(2)
-            return torch.cat([uncond + scale * (cond - uncond)] * 2)
+    def doubled_state_denoiser(x, t, step):  # the form before the fix: the model sees the sampler's [x_c; x_u]
+        cond, uncond = model(x, t, y2).chunk(2)
+        return torch.cat([uncond + 1.5 * (cond - uncond)] * 2)
 
-        return denoise
-
-    original = guidance.batched_cfg_denoiser
-    import l2c.jobs.generate as pipeline
-
-    pipeline.batched_cfg_denoiser = doubled_state_denoiser
-    try:
-        geometry = SamplerGeometry("ddim", 6, spec)
-        old = _sample_batch(model, spec, geometry, [0, 1, 2, 3], [0, 1, 2, 3], config, None)
-    finally:
-        pipeline.batched_cfg_denoiser = original
+    z = StackedRandomGenerator(seeds).randn((4, 1, 28, 28))
+    old = make_sampler("ddim", 6, spec).sample(doubled_state_denoiser, torch.cat([z, z]))[:4]
     assert torch.equal(new, old)

@@ -11,8 +11,11 @@ so that a forecast at j = j0 + k is one fused op per order:
     order 1:  f0 + k·F1                          torch.add(f0, F1, alpha=k)
     order 2:  ... + c·F2,  c = k·(k + j0 - j1) ("newton") or k²/2 ("taylorseer")
 
-The two difference buffers are allocated on first use and then rewritten in place; no tensor is allocated per
-evaluation except the forecast itself (the value the block adds to its residual stream).
+The buffers are allocated on first use and then rewritten in place, so nothing is allocated per evaluation. That
+includes the forecast itself when autograd is off (sampling): it is written into one output buffer per history, so
+the tensor a forecast returns is overwritten by the sub-layer's next forecast (the blocks add it to the residual
+stream at once; clone it to keep it). With autograd on, each forecast is a new tensor. On a CPU a fresh large
+tensor costs page faults worth several element-wise passes, which is why the buffers matter.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def _nbytes(t: torch.Tensor | None) -> int:
 class SublayerHistory:
     """The outputs of one sub-layer (in one model-call slot) that later evaluations reuse or extrapolate."""
 
-    __slots__ = ("newton", "f0", "j0", "j1", "order", "f1", "f2")
+    __slots__ = ("newton", "f0", "j0", "j1", "order", "f1", "f2", "out")
 
     def __init__(self, newton: bool):
         self.newton = newton
@@ -36,9 +39,10 @@ class SublayerHistory:
         self.order = -1  # differences held: -1 none (empty), 0 output only, 1 F1, 2 F1 and F2
         self.f1: torch.Tensor | None = None  # F1 buffer
         self.f2: torch.Tensor | None = None  # F2 buffer
+        self.out: torch.Tensor | None = None  # where forecasts are written (sampling)
 
     def nbytes(self) -> int:
-        return _nbytes(self.f0) + _nbytes(self.f1) + _nbytes(self.f2)
+        return _nbytes(self.f0) + _nbytes(self.f1) + _nbytes(self.f2) + _nbytes(self.out)
 
     def push(self, out: torch.Tensor, j: int, want: int) -> None:
         """Record the output computed at evaluation j, keeping differences up to order `want` (when available)."""
@@ -49,7 +53,7 @@ class SublayerHistory:
         if order < 2:
             self.f2 = None  # not read again: free it
         if order < 1:
-            self.f1 = None
+            self.f1 = self.out = None
 
     def _update_differences(self, out: torch.Tensor, j: int, order: int) -> None:
         gap = j - self.j0
@@ -71,7 +75,12 @@ class SublayerHistory:
         if order <= 0:
             return self.f0
         k = j - self.j0
-        out = torch.add(self.f0, self.f1, alpha=k)
+        if torch.is_grad_enabled():
+            out = torch.add(self.f0, self.f1, alpha=k)
+        else:
+            if self.out is None or self.out.shape != self.f0.shape:
+                self.out = torch.empty_like(self.f0)
+            out = torch.add(self.f0, self.f1, alpha=k, out=self.out)
         if order >= 2:
             out.add_(self.f2, alpha=k * (k + self.j0 - self.j1) if self.newton else k * k / 2)
         return out

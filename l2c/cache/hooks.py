@@ -86,10 +86,21 @@ class RunPlan:
             out = self._zero_like(args[0])
         else:
             history = self._history(key, step)
-            out = history.f0 if action == REUSE else history.forecast(step, _FORECAST_ORDER[action])
+            out = history.f0 if action == REUSE else self._forecast(history, step, _FORECAST_ORDER[action])
         if self.release[step][index]:
             self._forget(key)
         return out
+
+    def _forecast(self, history, step, order):
+        buffer = history.out
+        out = history.forecast(step, order)
+        if history.out is not buffer:  # the output buffer was allocated (first forecast of this history)
+            self._grow(history.out.numel() * history.out.element_size())
+        return out
+
+    def _grow(self, nbytes: int) -> None:
+        self.stored_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.stored_bytes)
 
     def _store(self, step, key, out):
         want = self.keep[step][key[1]]
@@ -101,8 +112,7 @@ class RunPlan:
             history = self.histories[key] = SublayerHistory(self.newton)
         before = history.nbytes()
         history.push(out, step, want)
-        self.stored_bytes += history.nbytes() - before
-        self.peak_bytes = max(self.peak_bytes, self.stored_bytes)
+        self._grow(history.nbytes() - before)
 
     def _forget(self, key):
         history = self.histories.pop(key, None)  # none after a computation that kept nothing (then drops)

@@ -6,6 +6,7 @@ import argparse
 
 from ..jobs.generate import SampleConfig
 from ..models import MODELS, conventions
+from ..sampling.samplers import SAMPLERS
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -28,7 +29,7 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        choices=["ddim", "ddpm", "dpm-solver-2", "dpm-solver-2m"],
+        choices=list(SAMPLERS),
         help="sampler (default: ddim for DiT, dpm-solver-2 for U-ViT)",
     )
     p.add_argument("--steps", type=int, default=20, help="DDIM/DDPM steps, or NFE for DPM-Solver")
@@ -53,7 +54,7 @@ def sample_config(args, model, batch_size: int = 64) -> SampleConfig:
     return SampleConfig(
         sampler=args.sampler or conventions(model).sampler,
         steps=args.steps,
-        cfg=args.cfg,
+        guidance_scale=args.cfg,
         eta=args.eta,
         guided_channels=args.guided_channels,
         batch_size=batch_size,
@@ -65,10 +66,9 @@ def load_router_for(args, model, config: SampleConfig):
     from ..cache.layout import sublayers
     from ..router.files import check_router_fits, load_router
     from ..sampling.diffusion import DiffusionSpec
-    from ..sampling.solvers import SamplerGeometry
 
     router, meta = load_router(args.router)
-    evaluations = SamplerGeometry(config.sampler, config.steps, DiffusionSpec()).num_evaluations
+    evaluations = config.make_sampler(DiffusionSpec()).num_evaluations
     check_router_fits(router, meta, len(sublayers(model)), config.sampler, evaluations)
     threshold = args.threshold if args.threshold is not None else meta.get("threshold", 0.5)
     return router, meta, threshold

@@ -49,15 +49,14 @@ def run(args) -> int:
     data = ("mnist" if mnist_shaped else "none") if args.data == "auto" else args.data
     if data != "none":
         from ..jobs.train_router import batch_source
-        from ..sampling.solvers import SamplerGeometry
         from ..training.train_router import caching_errors
 
         work = Path(args.out) / "data"
         batches = batch_source(data, model, spec, meta, args.vae, work, config, generated_images=256)
-        geometry = SamplerGeometry(config.sampler, config.steps, spec)
+        sampler = config.make_sampler(spec)
         print(f"measuring single-layer caching errors ({len(router.cache_steps)} x {len(sublayers(model))})")
         loss = conventions(model).router_loss
-        errors = caching_errors(model, router, geometry, batches, batch_size=32, loss=loss, seed=args.seed)
+        errors = caching_errors(model, router, sampler, batches, batch_size=32, loss=loss, seed=args.seed)
     changes = None
     if args.smoothcache_images:
         from ..cache.smoothcache import calibrate_changes
@@ -99,7 +98,7 @@ def run(args) -> int:
         "threshold": threshold,
         "sampler": config.sampler,
         "steps": config.steps,
-        "cfg": config.cfg,
+        "guidance_scale": config.guidance_scale,
         "images": args.images,
         "repeats": args.repeats,
     }

@@ -107,10 +107,11 @@ class DiffusersCache:
         self.engine.reset()
 
     def _before_call(self, module, args):
-        if self._pipe is not None and getattr(self._pipe, "scheduler", None) is not self._scheduler:
+        current = getattr(self._pipe, "scheduler", None)
+        if self._pipe is not None and current is not self._scheduler and current is not None:
             # The pipeline's scheduler was replaced after apply(): its set_timesteps (already called for this
             # run) was not wrapped, so this call is the first of a new run. Wrap the new one and start clean.
-            self._wrap_scheduler(self._pipe.scheduler)
+            self._wrap_scheduler(current)
             self._start_run()
         step, call_in_step = divmod(self.calls, self.calls_per_step)
         if call_in_step == 0:

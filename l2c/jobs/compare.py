@@ -86,7 +86,7 @@ def run_comparison(
     spec: DiffusionSpec,
     macs: MacProfile,
     methods: list[Method],
-    cfg: SampleConfig,
+    config: SampleConfig,
     seeds: list[int],
     classes: list[int],
     repeats: int = 3,
@@ -105,7 +105,7 @@ def run_comparison(
     images = {}
     for m in methods:
         print(f"sampling {len(seeds)} images: {m.name}", flush=True)
-        x = generate(model, spec, seeds, classes, replace(cfg, steps=m.steps), plan=m.plan, decode=decode)
+        x = generate(model, spec, seeds, classes, replace(config, steps=m.steps), plan=m.plan, decode=decode)
         images[m.name] = to_uint8(x)
     n = min(latency_batch, len(seeds))
     print(f"latency: {repeats} interleaved runs of a {n}-image batch per method", flush=True)
@@ -117,7 +117,7 @@ def run_comparison(
                     spec,
                     seeds[:n],
                     classes[:n],
-                    replace(cfg, steps=m.steps, batch_size=n),
+                    replace(config, steps=m.steps, batch_size=n),
                     m.plan,
                     progress=False,
                 )
@@ -195,7 +195,7 @@ def write_report(rows: list[dict], out: Path, context: dict) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table = format_rows(rows)
     header = (
-        f"{context['model']}, {context['sampler']}, guidance {context['cfg']}, {context['images']} images "
+        f"{context['model']}, {context['sampler']}, guidance {context['guidance_scale']}, {context['images']} images "
         f"(seeds 0..{context['images'] - 1}, classes in turn); latency: median of {context['repeats']} interleaved "
         f"runs of a {rows[0]['latency_batch']}-image batch on {device_name()}."
     )

@@ -47,20 +47,20 @@ def run_demo(
     router, threshold = _train_router(model, spec, meta, sampler, model_name, iterations, target_removal, out)
     print(f"      ({time.time() - start:.0f} s so far)")
     plan = router.to_plan(threshold)
-    cfg = SampleConfig(sampler=sampler, steps=20, cfg=1.5, batch_size=100)
+    config = SampleConfig(sampler=sampler, steps=20, guidance_scale=1.5, batch_size=100)
     seeds = list(range(images))
     classes = [i % 10 for i in range(images)]
     print(f"[3/4] sampling {images} images without and with the cache")
-    plain = to_uint8(generate(model, spec, seeds, classes, cfg))
-    cached = to_uint8(generate(model, spec, seeds, classes, cfg, plan=plan))
+    plain = to_uint8(generate(model, spec, seeds, classes, config))
+    cached = to_uint8(generate(model, spec, seeds, classes, config, plan=plan))
     save_grid(plain[:100], out / "uncached.png", nrow=10, scale=2)
     save_grid(cached[:100], out / "cached.png", nrow=10, scale=2)
     print(f"      ({time.time() - start:.0f} s so far)")
     print(f"[4/4] latency: {repeats} interleaved runs of a {min(64, images)}-image batch each")
     timing = time_runs(
         {
-            "uncached": lambda: generate(model, spec, seeds[:64], classes[:64], cfg, progress=False),
-            "cached": lambda: generate(model, spec, seeds[:64], classes[:64], cfg, plan=plan, progress=False),
+            "uncached": lambda: generate(model, spec, seeds[:64], classes[:64], config, progress=False),
+            "cached": lambda: generate(model, spec, seeds[:64], classes[:64], config, plan=plan, progress=False),
         },
         repeats=repeats,
     )

@@ -1,7 +1,8 @@
-"""Sampling pipeline: seeds + classes -> images, with or without a cache plan. Glue between models and samplers."""
+"""Generation: seeds + classes -> images, with or without a cache plan. Glue between models and samplers."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,92 +12,38 @@ from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
 from ..cache.plan import CachePlan
-from ..sampling import (
-    StackedRandomGenerator,
-    batched_cfg_denoiser,
-    conditional_denoiser,
-    sample_ddim,
-    sample_ddpm,
-    sample_dpm_solver,
-    separate_cfg_denoiser,
-)
+from ..sampling import StackedRandomGenerator, make_sampler
 from ..sampling.diffusion import DiffusionSpec
-from ..sampling.solvers import SamplerGeometry
+from ..sampling.guidance import guided_denoiser
+from ..sampling.samplers import SAMPLERS
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "ddim"  # ddim | ddpm | dpm-solver-2 (singlestep, U-ViT) | dpm-solver-2m (multistep)
+    sampler: str = "ddim"  # a key of l2c.sampling.SAMPLERS
     steps: int = 20  # DDIM/DDPM steps, or NFE (model evaluations) for DPM-Solver
-    cfg: float = 1.5  # guidance weight w: ε_u + w (ε_c - ε_u); 1 = off
-    guidance: str = "auto"  # batched (DiT) | separate (U-ViT) | auto (by architecture)
+    guidance_scale: float = 1.5  # w of ε_u + w (ε_c − ε_u); 1 = off
+    guidance: str = "auto"  # batched (DiT) | separate (U-ViT) | auto (the architecture's own)
     guided_channels: str = "auto"  # DiT batched only: "auto" = 3 for 4-channel latents (upstream), else all; "all"
     eta: float = 0.0  # DDIM η
     batch_size: int = 64
 
     def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         if self.guidance not in ("auto", "batched", "separate"):
             raise ValueError(f"guidance must be auto, batched or separate, got {self.guidance!r}")
         if self.guided_channels not in ("auto", "all"):
             raise ValueError(f"guided_channels must be 'auto' or 'all', got {self.guided_channels!r}")
-        if self.cfg < 0:
-            raise ValueError(f"guidance weight must be >= 0, got {self.cfg}")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(f"the guidance scale must be a finite number >= 0, got {self.guidance_scale}")
+        if not math.isfinite(self.eta) or not 0 <= self.eta <= 1:
+            raise ValueError(f"DDIM η must be in [0, 1], got {self.eta}")
+        if self.batch_size < 1:
+            raise ValueError(f"the batch size must be >= 1, got {self.batch_size}")
 
-
-def _guidance_mode(model: nn.Module, cfg: SampleConfig) -> str:
-    if cfg.cfg == 1.0:
-        return "none"
-    if cfg.guidance != "auto":
-        return cfg.guidance
-    return "batched" if hasattr(model, "final_layer") else "separate"
-
-
-def build_denoiser(model: nn.Module, y: torch.Tensor, cfg: SampleConfig):
-    mode = _guidance_mode(model, cfg)
-    if mode == "none":
-        return conditional_denoiser(model, y), 1
-    if mode == "separate":
-        return separate_cfg_denoiser(model, y, cfg.cfg, model.null_class), 1
-    channels = model.in_channels
-    if cfg.guided_channels == "auto" and model.in_channels == 4:
-        channels = 3  # DiT's upstream quirk, kept for identical numbers with the official DiT-XL/2 (spec §2.1)
-    return batched_cfg_denoiser(model, y, cfg.cfg, model.null_class, channels), 2
-
-
-def run_sampler(denoise, x: torch.Tensor, geometry: SamplerGeometry, cfg: SampleConfig, noise, callback=None):
-    spec = geometry.spec
-    if cfg.sampler == "ddim":
-        return sample_ddim(
-            denoise,
-            x,
-            geometry.timesteps,
-            alphas_cumprod=geometry.abar,
-            eta=cfg.eta,
-            randn_like=noise.randn_like,
-            time_offset=spec.time_offset,
-            callback=callback,
-        )
-    if cfg.sampler == "ddpm":
-        return sample_ddpm(
-            denoise,
-            x,
-            geometry.timesteps,
-            alphas_cumprod=geometry.abar,
-            randn_like=noise.randn_like,
-            time_offset=spec.time_offset,
-            callback=callback,
-        )
-    method = "singlestep" if cfg.sampler == "dpm-solver-2" else "multistep"
-    return sample_dpm_solver(
-        denoise,
-        x,
-        geometry.outer_times,
-        schedule=geometry.schedule,
-        method=method,
-        time_scale=spec.num_timesteps,
-        time_shift=geometry.time_shift,
-        callback=callback,
-    )
+    def make_sampler(self, spec: DiffusionSpec):
+        return make_sampler(self.sampler, self.steps, spec, self.eta)
 
 
 @torch.no_grad()
@@ -105,7 +52,7 @@ def generate(
     spec: DiffusionSpec,
     seeds: list[int],
     classes: list[int],
-    cfg: SampleConfig,
+    config: SampleConfig,
     plan: CachePlan | None = None,
     decode=None,
     progress: bool = True,
@@ -119,26 +66,24 @@ def generate(
     bad = [c for c in classes if not 0 <= c < model.null_class]
     if bad:
         raise ValueError(f"class labels {bad[:5]} are outside 0..{model.null_class - 1} for this model")
-    geometry = SamplerGeometry(cfg.sampler, cfg.steps, spec)
-    engine = CacheEngine(model, plan) if plan is not None else None
-    if plan is not None and plan.num_steps != geometry.num_evaluations:
-        engine.detach()
+    sampler = config.make_sampler(spec)
+    if plan is not None and plan.num_steps != sampler.num_evaluations:
         raise ValueError(
-            f"the cache plan has {plan.num_steps} steps but {cfg.sampler} with --steps {cfg.steps} "
-            f"makes {geometry.num_evaluations} model evaluations: use a router trained for them"
+            f"the cache plan has {plan.num_steps} steps but {config.sampler} with --steps {config.steps} "
+            f"makes {sampler.num_evaluations} model evaluations: use a router trained for them"
         )
+    engine = CacheEngine(model, plan) if plan is not None else None
     out = []
     try:
-        batches = range(0, len(seeds), cfg.batch_size)
+        batches = range(0, len(seeds), config.batch_size)
         for start in tqdm(batches, disable=not progress or len(batches) < 2, desc="sample"):
             out.append(
                 _sample_batch(
                     model,
-                    spec,
-                    geometry,
-                    seeds[start : start + cfg.batch_size],
-                    classes[start : start + cfg.batch_size],
-                    cfg,
+                    sampler,
+                    seeds[start : start + config.batch_size],
+                    classes[start : start + config.batch_size],
+                    config,
                     engine,
                 )
             )
@@ -149,7 +94,7 @@ def generate(
     return decode(x) if decode is not None else x
 
 
-def _sample_batch(model, spec, geometry, seeds, classes, cfg, engine):
+def _sample_batch(model, sampler, seeds, classes, config: SampleConfig, engine):
     n = len(seeds)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -157,10 +102,10 @@ def _sample_batch(model, spec, geometry, seeds, classes, cfg, engine):
     noise = StackedRandomGenerator(seeds, device)
     shape = (n, model.in_channels, model.input_size, model.input_size)
     z = noise.randn(shape, dtype=dtype, device=device)
-    denoise, copies = build_denoiser(model, y, cfg)
+    denoise, copies = guided_denoiser(model, y, config.guidance_scale, config.guidance, config.guided_channels)
     if engine is not None:
         denoise = engine.wrap(denoise)
-    x = run_sampler(denoise, torch.cat([z] * copies), geometry, cfg, noise)
+    x = sampler.sample(denoise, torch.cat([z] * copies), noise.randn_like)
     return x[:n]
 
 

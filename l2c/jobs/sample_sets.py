@@ -24,12 +24,12 @@ from .generate import SampleConfig, generate, to_uint8
 
 
 def sample_to_npz(
-    model, spec, seeds: list[int], classes: list[int], cfg: SampleConfig, out: str | Path, plan=None, decode=None
+    model, spec, seeds: list[int], classes: list[int], config: SampleConfig, out: str | Path, plan=None, decode=None
 ) -> np.ndarray | None:
     """Writes OUT; returns its images (uint8 NHWC) on the main process, None on the others."""
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
-    settings = _settings(model, seeds, classes, cfg, plan)
+    settings = _settings(model, seeds, classes, config, plan)
     recorded = parts / "settings.json"
     # Every process checks (before anyone writes), so a mismatch stops all of them instead of leaving some waiting.
     if recorded.exists() and json.loads(recorded.read_text()) != settings:
@@ -41,12 +41,12 @@ def sample_to_npz(
     if distributed.is_main():
         atomic_write_json(settings, recorded)
     distributed.barrier()
-    starts = list(range(0, len(seeds), cfg.batch_size))
+    starts = list(range(0, len(seeds), config.batch_size))
     rank, world = distributed.rank(), distributed.world_size()
     todo = [k for k in range(len(starts)) if k % world == rank and not _part(parts, k).exists()]
     for k in tqdm(todo, desc=f"sample (process {rank} of {world})", disable=len(todo) < 2):
-        batch = slice(starts[k], starts[k] + cfg.batch_size)
-        x = to_uint8(generate(model, spec, seeds[batch], classes[batch], cfg, plan, decode, progress=False))
+        batch = slice(starts[k], starts[k] + config.batch_size)
+        x = to_uint8(generate(model, spec, seeds[batch], classes[batch], config, plan, decode, progress=False))
         tmp = parts / f".{k:07d}.tmp.npy"
         np.save(tmp, x)
         os.replace(tmp, _part(parts, k))
@@ -65,7 +65,7 @@ def _part(parts: Path, k: int) -> Path:
     return parts / f"{k:07d}.npy"
 
 
-def _settings(model, seeds, classes, cfg: SampleConfig, plan) -> dict:
+def _settings(model, seeds, classes, config: SampleConfig, plan) -> dict:
     digest = hashlib.sha256()
     for p in model.state_dict().values():
         digest.update(p.detach().float().cpu().numpy().tobytes()[:4096])  # a fingerprint, not a full hash
@@ -73,6 +73,6 @@ def _settings(model, seeds, classes, cfg: SampleConfig, plan) -> dict:
         "model": digest.hexdigest(),
         "seeds": hashlib.sha256(np.asarray(seeds).tobytes()).hexdigest(),
         "classes": hashlib.sha256(np.asarray(classes).tobytes()).hexdigest(),
-        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
         "plan": None if plan is None else hashlib.sha256(plan.compute.numpy().tobytes()).hexdigest(),
     }

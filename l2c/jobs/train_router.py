@@ -16,7 +16,7 @@ from ..models import architecture_of
 from ..router.files import save_router
 from ..router.report import plot_router, plot_training_history, router_summary
 from ..router.router import Router
-from ..sampling.solvers import SamplerGeometry
+from ..sampling.samplers import make_sampler
 from ..training.train_router import RouterTrainConfig, cpu_defaults, official_defaults, resolve_lambda, train_router
 from ..utils import distributed
 from ..utils.io import file_sha256
@@ -53,19 +53,19 @@ def train_router_job(
 ) -> Router:
     """Train and write `out` (a .safetensors router file); working files go to the folder `out` without suffix."""
     arch = architecture_of(model)
-    geometry = SamplerGeometry(job.sampler, job.steps, spec)
+    sampler = make_sampler(job.sampler, job.steps, spec)
     settings = official_defaults(arch, job.steps) if job.official else cpu_defaults(arch)
     settings.update(dict(job.overrides))
     threshold = settings.pop("threshold")
-    cache_steps = cache_steps_for(geometry.default_cache_schedule, geometry.num_evaluations)
+    cache_steps = cache_steps_for(sampler.cache_schedule, sampler.num_evaluations)
     generator = torch.Generator().manual_seed(job.seed)
     router = Router(job.steps, len(sublayers(model)), cache_steps, generator=generator)
     settings["lam"] = resolve_lambda(
-        settings["lam"], model, router, geometry, sample_batch, settings["loss"], job.target_removal
+        settings["lam"], model, router, sampler, sample_batch, settings["loss"], job.target_removal
     )
     config = RouterTrainConfig(**settings, ste_threshold=job.ste_threshold, seed=job.seed)
     work = out.with_suffix("")
-    history = train_router(model, router, geometry, sample_batch, config, out_dir=work, resume=resume)
+    history = train_router(model, router, sampler, sample_batch, config, out_dir=work, resume=resume)
     if not distributed.is_main():
         return router  # the router is identical on every process; the main one writes it
     router_meta = {
@@ -76,7 +76,7 @@ def train_router_job(
         "guidance": job.guidance_scale,
         "lambda": config.lam,
         "threshold": threshold,
-        "schedule": geometry.default_cache_schedule,
+        "schedule": sampler.cache_schedule,
         "training": asdict(config),
         "processes": distributed.world_size(),  # the global batch is processes x batch_size
         **(extra_meta or {}),

@@ -1,12 +1,30 @@
-"""Samplers share one signature: sample_x(denoise, x, timesteps, *, callback=None, disable=None, **opts)."""
+"""Samplers (one class each, in SAMPLERS), guidance, schedules and per-image seeds."""
 
-from .ddim import sample_ddim, sample_ddpm
-from .dpm_solver import sample_dpm_solver, time_uniform
 from .guidance import batched_cfg_denoiser, conditional_denoiser, separate_cfg_denoiser
+from .samplers import (
+    DDIM,
+    DDPM,
+    SAMPLERS,
+    DPMSolver2M,
+    DPMSolver2S,
+    Sampler,
+    make_sampler,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpm_solver,
+    time_uniform,
+)
 from .schedules import NoiseScheduleVP, space_timesteps
 from .seeds import StackedRandomGenerator, parse_int_list
 
 __all__ = [
+    "DDIM",
+    "DDPM",
+    "DPMSolver2M",
+    "DPMSolver2S",
+    "SAMPLERS",
+    "Sampler",
+    "make_sampler",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpm_solver",

@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch import nn
+
+from ..models import conventions
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,3 +61,18 @@ def separate_cfg_denoiser(model: Model, y: torch.Tensor, scale: float, null_clas
         return eps_c + (scale - 1.0) * (eps_c - eps_u)
 
     return denoise
+
+
+def guided_denoiser(model: nn.Module, y: torch.Tensor, scale: float, form: str = "auto", guided_channels="auto"):
+    """(denoise, copies): the architecture's guidance (models.ARCHITECTURES) unless `form` names one; `copies` is 2
+    when the sampler state is the doubled batch of batched guidance.
+
+    guided_channels "auto" guides 3 channels of a 4-channel model, DiT's upstream rule (spec §2.1), else all.
+    """
+    if scale == 1.0:
+        return conditional_denoiser(model, y), 1
+    form = conventions(model).guidance if form == "auto" else form
+    if form == "separate":
+        return separate_cfg_denoiser(model, y, scale, model.null_class), 1
+    channels = 3 if guided_channels == "auto" and model.in_channels == 4 else model.in_channels
+    return batched_cfg_denoiser(model, y, scale, model.null_class, channels), 2

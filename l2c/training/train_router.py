@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..cache.engine import CacheEngine
 from ..models import ARCHITECTURES
 from ..router.router import Router
-from ..sampling.solvers import SamplerGeometry
+from ..sampling.samplers import Sampler
 from ..utils import distributed
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 
@@ -76,24 +76,30 @@ def router_step_loss(
     model,
     engine: CacheEngine,
     router: Router,
-    geometry: SamplerGeometry,
+    sampler: Sampler,
     x0,
     y,
     m: int,
     noise: torch.Tensor,
     cfg: RouterTrainConfig,
+    randn_like=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total loss, distillation part) of one batch at cache evaluation m (Algorithm 1, lines 3-7)."""
-    x_s, j = geometry.predecessor_state(x0, m, noise)
+    """(total loss, distillation part) of one batch at cache evaluation m (Algorithm 1, lines 3-7).
 
-    def eps_fn(x, t):
+    The solver step into m is the sampler's own `step` (the code path of sampling), run unguided with the full
+    model; `randn_like` feeds a stochastic sampler (DDPM) its noise.
+    """
+    i = sampler.step_into(m)
+    x_s = sampler.noised(x0, i, noise)
+
+    def denoise(x, t, j):
         engine.begin_evaluation()
-        return model(x, t, y)[:, : x.shape[1]]
+        return model(x, t, y)
 
     with torch.no_grad():
         with engine.recording():  # the last evaluation before m leaves its outputs in the cache
-            x_m = geometry.solver_step(eps_fn, x_s, j)
-        t_m = geometry.training_time(m, x0.shape[0], x0.device)
+            x_m = sampler.step(denoise, x_s, i, {}, randn_like)
+        t_m = sampler.training_time(m, x0.shape[0], x0.device)
         with engine.bypassed():
             target = model(x_m, t_m, y)
     with engine.blending(router.scores(m, cfg.ste_threshold)):
@@ -108,7 +114,7 @@ def router_step_loss(
 def caching_errors(
     model,
     router: Router,
-    geometry: SamplerGeometry,
+    sampler: Sampler,
     sample_batch: Callable,
     batch_size: int = 32,
     loss: str = "mean",
@@ -133,7 +139,8 @@ def caching_errors(
             for l in range(router.num_sublayers):
                 probe.logits.data.fill_(30.0)  # β ≈ 1: compute
                 probe.logits.data[m, l] = -30.0  # β ≈ 0: reuse this one
-                _, distill = router_step_loss(model, engine, probe, geometry, x0, y, m, noise, cfg)
+                randn_like = _seeded_noise(seed * 7919 + i * 1009 + l)
+                _, distill = router_step_loss(model, engine, probe, sampler, x0, y, m, noise, cfg, randn_like)
                 errors[i, l] = distill
                 engine.reset()
     finally:
@@ -141,20 +148,26 @@ def caching_errors(
     return errors
 
 
-def resolve_lambda(lam, model, router, geometry, sample_batch, loss: str, target_removal: float, batch_size=32):
+def resolve_lambda(lam, model, router, sampler, sample_batch, loss: str, target_removal: float, batch_size=32):
     """A number, or "auto": the target-removal quantile of single-layer caching errors measured on this model."""
     if lam != "auto":
         try:
             return float(lam)
         except ValueError:
             raise ValueError(f"--lam must be a number or 'auto', got {lam!r}") from None
-    errors = caching_errors(model, router, geometry, sample_batch, batch_size=batch_size, loss=loss)
+    errors = caching_errors(model, router, sampler, sample_batch, batch_size=batch_size, loss=loss)
     value = lambda_for_removal(errors, target_removal)
     print(
         f"λ = {value:.3g}: the {target_removal:.0%} quantile of single-layer caching errors "
         f"(range {errors.min().item():.2g} .. {errors.max().item():.2g})"
     )
     return value
+
+
+def _seeded_noise(seed: int, stream: int = 0):
+    """randn_like for a stochastic sampler's step in training, reproducible per iteration (and process)."""
+    gen = torch.Generator().manual_seed(seed * 65_537 + stream)
+    return lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
 
 def lambda_for_removal(errors: torch.Tensor, target_removal: float) -> float:
@@ -167,7 +180,7 @@ def lambda_for_removal(errors: torch.Tensor, target_removal: float) -> float:
 def train_router(
     model,
     router: Router,
-    geometry: SamplerGeometry,
+    sampler: Sampler,
     sample_batch: Callable,
     cfg: RouterTrainConfig,
     out_dir: Path | None = None,
@@ -212,7 +225,8 @@ def train_router(
             for _ in range(rank):  # processes after the first draw their own step, after everything shared
                 m = router.cache_steps[int(torch.randint(len(router.cache_steps), (1,), generator=gen))]
             x0, y, noise = x0[mine].to(device), y[mine].to(device), noise[mine].to(device)
-            loss, distill = router_step_loss(model, engine, router, geometry, x0, y, m, noise, cfg)
+            randn_like = _seeded_noise(cfg.seed * 1_000_003 + it, rank)
+            loss, distill = router_step_loss(model, engine, router, sampler, x0, y, m, noise, cfg, randn_like)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"router loss is {loss.item()} at iteration {it}; lower --lr (now {cfg.lr})")
             opt.zero_grad(set_to_none=True)
