@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first and pinned: a bare torch requirement would fetch a multi-GB CUDA build (docs/install.md).
+	# torch first and pinned: a bare torch requirement would fetch a multi-GB CUDA build (see README, "Install by hand").
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,latent]"
 	$(VENV)/bin/l2c fetch-mnist

@@ -197,7 +197,7 @@ def test_sampling_under_plan_equals_reference_loop():
 
 
 def test_uvit_separate_guidance_uses_two_caches():
-    """Cond and uncond calls of one evaluation must not share cached outputs (spec §2.2)."""
+    """Cond and uncond calls of one evaluation must not share cached outputs (docs/upstream.md §2.2)."""
     model = random_model("U-ViT-tiny", torch.float64)
     L = len(sublayers(model))
     sc = SampleConfig(sampler="dpm-solver-2", steps=4, guidance_scale=1.4)

@@ -50,7 +50,7 @@ def test_official_dit_steps_map_to_sampling_order():
     raw = torch.load(path, map_location="cpu", weights_only=False)["routers"]
     assert torch.equal(router.logits[19 - 14], raw["14.prob"].cpu())
     executed = router.to_plan(0.1).compute[19 - 14].nonzero().flatten().tolist()
-    assert executed == [4, 7, 54, 55]  # spec §5: idx14 {4, 7, 54, 55}
+    assert executed == [4, 7, 54, 55]  # docs/upstream.md §5: idx14 {4, 7, 54, 55}
 
 
 @needs_official

@@ -164,7 +164,7 @@ def test_ddpm_learned_variance_matches_transcription():
 
 
 def test_dpm_solver_singlestep_matches_float64_transcription():
-    """U-ViT's DPM-Solver++ 2S (spec §3.2 formulas), λ-midpoint r1 = 0.5, model time t * 1000."""
+    """U-ViT's DPM-Solver++ 2S (docs/upstream.md §3.2 formulas), λ-midpoint r1 = 0.5, model time t * 1000."""
     betas = scaled_linear_betas()
     ns = NoiseScheduleVP(betas)
     K = 5

@@ -1,6 +1,6 @@
 """Multiply-accumulate counts of a model evaluation, split into cacheable sub-layers and the always-computed rest.
 
-Two conventions (spec §5 "MAC check", metrics.md §6):
+Two conventions (docs/upstream.md §5):
 * "paper": nn.Linear / nn.Conv2d only, batch 1, one call per evaluation (what thop counted for the L2C tables);
 * "analytic": the same plus the attention matmuls (QKᵀ and AV: 2·T²·D per attention sub-layer), which thop and
   the FLOP counters miss for scaled_dot_product_attention.

@@ -13,7 +13,7 @@ from .uvit import UViT, UViTBlock
 
 @dataclass(frozen=True)
 class Architecture:
-    """How the upstream code samples and trains routers for one architecture (spec §1.5, §2, §3)."""
+    """How the upstream code samples and trains routers for one architecture (docs/upstream.md §1.5, §2, §3)."""
 
     sampler: str  # the sampler of its published numbers
     schedule: str  # β schedule: "linear" (ADM) or "scaled_linear" (Stable Diffusion)

@@ -1,6 +1,6 @@
 """DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers", 2023), faithful to the official checkpoints.
 
-Parameter names and shapes equal those of `DiT-XL-2-256x256.pt` (spec §3.1), so official weights load with
+Parameter names and shapes equal those of `DiT-XL-2-256x256.pt` (docs/upstream.md §3.1), so official weights load with
 `strict=True`. The two sub-layers Learning-to-Cache may reuse are the child modules `attn` and `mlp` of each block;
 this file knows nothing about caching.
 """

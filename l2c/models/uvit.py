@@ -1,7 +1,7 @@
 """U-ViT (Bao et al., "All are Worth Words: A ViT Backbone for Diffusion Models", 2023), faithful to the checkpoints.
 
 Tokens are [label, time, patches]; in_blocks push their outputs on a stack that the out_blocks pop as long skips,
-merged by `skip_linear`. Parameter names equal those of `imagenet256_uvit_huge.pth` (spec §3.2). Each block's
+merged by `skip_linear`. Parameter names equal those of `imagenet256_uvit_huge.pth` (docs/upstream.md §3.2). Each block's
 sub-layers are the children `attn` and `mlp`, so a cache can attach without this file knowing.
 """
 
@@ -85,7 +85,7 @@ class UViT(nn.Module):
 
     @property
     def blocks(self) -> list[UViTBlock]:
-        """Blocks in execution order (in, mid, out): index i here is router block i (spec §1.3)."""
+        """Blocks in execution order (in, mid, out): index i here is router block i (docs/upstream.md §1.3)."""
         return [*self.in_blocks, self.mid_block, *self.out_blocks]
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Router training, the paper's Algorithm 1 (spec §1.5-1.7), against a frozen DiT or U-ViT.
+"""Router training, the paper's Algorithm 1 (docs/upstream.md §1.5-1.7), against a frozen DiT or U-ViT.
 
 Each iteration: draw x0 and labels (10% null, one mask for all three forwards), pick one cache step m (the same for
 the whole batch), noise x0 to the evaluation before m, take one full solver step into m while recording every
