@@ -23,6 +23,8 @@ from . import (
     train_router,
 )
 from .common import Formatter
+from .errors import is_user_error, report_bug, report_interrupt, report_user_error
+from .validate import check_arguments
 
 COMMANDS = {
     "sample": sample,
@@ -62,14 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        check_arguments(args)  # numbers, device and paths, before any work
         if distributed.launched_with_torchrun():
             if args.command not in DISTRIBUTED_COMMANDS:
                 raise ValueError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run; start it plainly")
             args.device = distributed.init(args.device)
         return COMMANDS[args.command].run(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"l2c {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return report_interrupt(args.command, args)
+    except Exception as e:
+        if is_user_error(e):
+            return report_user_error(args.command, e)
+        return report_bug(args.command)
     finally:
         distributed.shutdown()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from safetensors.torch import save_file
 
-    from ..utils.io import safe_torch_load
+    from ..utils.io import atomic_output, safe_torch_load
 
     ckpt = safe_torch_load(args.checkpoint)
     if "ema" not in ckpt or "config" not in ckpt:
@@ -34,7 +33,7 @@ def run(args) -> int:
         "train_steps": ckpt["step"],
         "final_loss": float(np.mean(ckpt["losses"][-100:])),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, args.out, metadata={k: json.dumps(v) for k, v in meta.items()})
+    with atomic_output(args.out) as tmp:
+        save_file(sd, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
     print(f"wrote {args.out} ({meta['preset']}, step {meta['train_steps']})")
     return 0

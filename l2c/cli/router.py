@@ -64,7 +64,9 @@ def run_show(args) -> int:
             raise ValueError(
                 f"router has {router.num_sublayers} sub-layers per step, {args.model} has {len(macs.sublayer_linear)}"
             )
-    summary = router_summary(router, threshold, macs)
+    from ..router.budget import router_plan
+
+    summary = router_summary(router, threshold, macs, router_plan(router, meta, threshold))
     if args.png:
         plot_router(router, threshold, args.png, title=Path(args.router).name)
     if args.json:

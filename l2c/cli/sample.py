@@ -41,8 +41,10 @@ def run(args) -> int:
     config = sample_config(args, model, args.batch_size)
     plan = None
     if args.router:
-        router, _, threshold = load_router_for(args, model, config)
-        plan = router.to_plan(threshold)
+        from ..router.budget import router_plan
+
+        router, router_meta, threshold = load_router_for(args, model, config)
+        plan = router_plan(router, router_meta, threshold)
     decode = decoder_for(meta, args.vae, args.device)
     if args.npz:  # written in resumable parts, split over torchrun processes when launched with torchrun
         from ..jobs.sample_sets import sample_to_npz

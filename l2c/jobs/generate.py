@@ -16,6 +16,9 @@ from ..sampling import StackedRandomGenerator, make_sampler
 from ..sampling.diffusion import DiffusionSpec
 from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import SAMPLERS
+from ..utils.io import atomic_output
+from ..utils.precision import check_precision, precision_scope
+from .compile import COMPILE_MODES, CompiledCache
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class SampleConfig:
     guided_channels: str = "auto"  # DiT batched only: "auto" = 3 for 4-channel latents (upstream), else all; "all"
     eta: float = 0.0  # DDIM η
     batch_size: int = 64
+    dtype: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (l2c.utils.precision: autocast for the half types)
+    compile: bool = False  # run every block as a torch.compile graph (l2c.jobs.compile.CompiledCache)
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs on a GPU
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -41,6 +47,9 @@ class SampleConfig:
             raise ValueError(f"DDIM η must be in [0, 1], got {self.eta}")
         if self.batch_size < 1:
             raise ValueError(f"the batch size must be >= 1, got {self.batch_size}")
+        check_precision(self.dtype)
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile_mode!r}; use one of {', '.join(COMPILE_MODES)}")
 
     def make_sampler(self, spec: DiffusionSpec):
         return make_sampler(self.sampler, self.steps, spec, self.eta)
@@ -56,10 +65,12 @@ def generate(
     plan: CachePlan | None = None,
     decode=None,
     progress: bool = True,
+    runtime_cache=None,
 ) -> torch.Tensor:
     """Samples (N, C, H, W) in model space (pixels in [-1, 1], or decoded latents when `decode` is given).
 
-    Image i depends only on seeds[i] and classes[i], whatever the batch size.
+    Image i depends only on seeds[i] and classes[i], whatever the batch size. runtime_cache(model) -> an attached
+    cache with wrap(denoise) and detach() that decides at run time (l2c.cache.first_block), instead of a plan.
     """
     if len(classes) != len(seeds):
         raise ValueError(f"{len(seeds)} seeds but {len(classes)} classes")
@@ -72,7 +83,15 @@ def generate(
             f"the cache plan has {plan.num_steps} steps but {config.sampler} with --steps {config.steps} "
             f"makes {sampler.num_evaluations} model evaluations: use a router trained for them"
         )
-    engine = CacheEngine(model, plan) if plan is not None else None
+    if plan is not None and runtime_cache is not None:
+        raise ValueError("give a cache plan or a run-time cache, not both")
+    if config.compile and runtime_cache is not None:
+        raise ValueError("compiled sampling runs a cache plan (or none), not a run-time cache")
+    if config.compile:  # compiled blocks, with or without a plan (CompiledCache runs the plan itself)
+        engine = CompiledCache(model, plan, config.compile_mode)
+    else:
+        engine = CacheEngine(model, plan) if plan is not None else None
+    engine = runtime_cache(model) if runtime_cache is not None else engine
     out = []
     try:
         batches = range(0, len(seeds), config.batch_size)
@@ -105,7 +124,8 @@ def _sample_batch(model, sampler, seeds, classes, config: SampleConfig, engine):
     denoise, copies = guided_denoiser(model, y, config.guidance_scale, config.guidance, config.guided_channels)
     if engine is not None:
         denoise = engine.wrap(denoise)
-    x = sampler.sample(denoise, torch.cat([z] * copies), noise.randn_like)
+    with precision_scope(model, config.dtype):
+        x = sampler.sample(denoise, torch.cat([z] * copies), noise.randn_like)
     return x[:n]
 
 
@@ -131,4 +151,5 @@ def save_grid(images: np.ndarray, path, nrow: int | None = None, scale: int = 1)
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    with atomic_output(path) as tmp:
+        img.save(tmp)

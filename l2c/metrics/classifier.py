@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..utils.io import atomic_output
+
 log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "mnist-classifier.safetensors"
 
@@ -93,6 +95,6 @@ def train_classifier(out: Path, epochs: int = 2, seed: int = 0) -> float:
     xt, yt = load_mnist("test")
     _, logits = classify(model, xt)
     acc = float((logits.argmax(1) == yt).mean())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    with atomic_output(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return acc

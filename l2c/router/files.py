@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from ..cache.plan import cache_steps_for
-from ..utils.io import safe_torch_load
+from ..utils.io import atomic_output, safe_torch_load
 from .router import Router
 
 FORMAT = "l2c-router"
@@ -29,7 +28,6 @@ def save_router(router: Router, path: str | Path, meta: dict) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         **meta,
         "format": FORMAT,
@@ -38,11 +36,9 @@ def save_router(router: Router, path: str | Path, meta: dict) -> None:
         "num_sublayers": router.num_sublayers,
         "cache_steps": router.cache_steps,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {"logits": router.logits.detach().float().contiguous()}, str(tmp), metadata={"l2c_router": json.dumps(meta)}
-    )
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tensors = {"logits": router.logits.detach().float().contiguous()}
+        save_file(tensors, str(tmp), metadata={"l2c_router": json.dumps(meta)})
 
 
 def load_router(path: str | Path) -> tuple[Router, dict]:

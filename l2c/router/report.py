@@ -6,12 +6,17 @@ import torch
 
 from ..cache.macs import MacProfile
 from ..cache.plan import CachePlan
+from ..utils.io import atomic_output
 from .router import Router
 
 
-def router_summary(router: Router, threshold: float, macs: MacProfile | None = None) -> dict:
-    """Executed counts over the router's cache steps (the paper's "active layers"), per step, and MACs per image."""
-    plan = router.to_plan(threshold)
+def router_summary(
+    router: Router, threshold: float, macs: MacProfile | None = None, plan: CachePlan | None = None
+) -> dict:
+    """Executed counts over the router's cache steps (the paper's "active layers"), per step, the actions of the
+    whole run, and MACs per image. `plan`: the router's plan when it is not the paper's alternation at θ (a
+    schedule router, l2c.router.budget.router_plan)."""
+    plan = router.to_plan(threshold) if plan is None else plan
     summary = plan.summary(router.cache_steps)
     per_step_all = plan.executed_per_step()
     summary.update(
@@ -24,6 +29,7 @@ def router_summary(router: Router, threshold: float, macs: MacProfile | None = N
         per_step_all=per_step_all,
         executed_all=int(plan.compute.sum()),
         total_all=int(plan.compute.numel()),
+        actions=plan.action_counts(),
     )
     summary["removed_ratio"] = 1 - summary["executed"] / summary["total"]
     if macs is not None:
@@ -38,6 +44,9 @@ def plan_macs(plan: CachePlan, macs: MacProfile) -> dict:
     for convention, suffix in (("paper", "paper"), ("analytic", "analytic")):
         out[f"macs_{suffix}"] = sum(macs.per_evaluation(r, convention) for r in rows)
         out[f"macs_full_{suffix}" if suffix != "paper" else "macs_full"] = macs.full(convention) * plan.num_steps
+    out["macs_paper"] += macs.forecast_macs(plan)  # element-wise forecasting arithmetic (0 without forecasts)
+    out["macs_analytic"] += macs.forecast_macs(plan)
+    out["macs_uncached"] = out["macs_full"]  # the all-compute run of the same sampler and evaluations
     out["mac_speedup"] = out["macs_full"] / out["macs_paper"]
     return out
 
@@ -83,7 +92,8 @@ def plot_router(router: Router, threshold: float, path, title: str = "") -> None
     fig.colorbar(im, ax=axes, fraction=0.02, label="sigmoid(router logit)")
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -102,5 +112,6 @@ def plot_training_history(history: dict, path) -> None:
     ax[1].plot(history["iteration"], history["active"])
     ax[1].set(xlabel="iteration", ylabel="mean score of cache steps")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..models import MODELS, architecture_of, create_model
 from ..sampling.diffusion import DiffusionSpec, default_spec
-from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from ..utils.io import atomic_output, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
 from .losses import epsilon_loss
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def _save(cfg, spec, model, ema, opt, state, out_dir: Path) -> None:
     )
     losses = np.asarray(state["losses"])
     text = "step,loss\n" + "".join(f"{i + 1},{v:.6f}\n" for i, v in enumerate(losses))
-    (out_dir / "losses.csv").write_text(text)
+    atomic_write_text(text, out_dir / "losses.csv")
     _plot_losses(losses, out_dir / "loss.png")
 
 
@@ -165,5 +165,6 @@ def _plot_losses(losses: np.ndarray, path: Path) -> None:
     ax.set(xlabel="step", ylabel="ε-MSE", yscale="log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

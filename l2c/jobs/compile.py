@@ -1,0 +1,211 @@
+"""Compiled (cached) sampling: every transformer block runs as one `torch.compile` graph (fullgraph, no breaks).
+
+Why blocks and not the whole model: compiling the model with a CacheEngine attached traces the engine's per-call
+lookups (`actions[step][index]`), so Dynamo guards on the step number and compiles a new graph at every step; after
+`torch._dynamo.config.recompile_limit` (8) graphs it silently falls back to eager (measured on torch 2.13, see
+docs/benchmarks.md). One graph per distinct plan row would stop that, but each would be the whole model: a DDIM-50
+plan has up to 26 distinct rows, each a full DiT-XL/2 compile.
+
+Here a block's graph depends only on what the plan does with its two sub-layers at this model call: compute and
+keep the output for later steps, compute only, take a given output (reuse / forecast, computed outside the graph),
+or drop it. That is at most 3 x 3 = 9 graphs per block kind (DiT: one kind; U-ViT: blocks without / with a long
+skip), whatever the plan and the number of steps, shared by all blocks of the kind (parameters are graph inputs),
+per batch size and precision. Between blocks, the model's own forward (embeddings, the block loop, the head) runs
+eagerly, as does the plan bookkeeping: before each model call every non-computed sub-layer's output is produced by
+the engine's own RunPlan (l2c.cache.hooks), and after it the computed outputs the plan keeps are handed back to it,
+so reuse, forecasting, dropping and the memory release are exactly those of eager cached sampling.
+
+CUDA graphs (`mode="reduce-overhead"` or `"max-autotune"` on CUDA): a new CUDA-graph generation is marked at every
+model evaluation, and kept outputs are cloned out of the graph's memory pool before the next replay overwrites them.
+"""
+
+from __future__ import annotations
+
+import types
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..cache.hooks import RunPlan
+from ..cache.layout import layout_for, sublayers
+from ..cache.plan import COMPUTE, DROP, CachePlan
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+# Graphs share one code object (nn.Module._call_impl), so torch's per-code recompile limit (8) counts all block
+# kinds, patterns, batch sizes and precisions together; 9 patterns x 2 kinds x 2 precisions x 2 batch sizes fit.
+RECOMPILE_LIMIT = 96
+
+# What a sub-layer does inside a block's graph.
+_COMPUTE, _COMPUTE_KEEP, _GIVEN, _ZERO = 0, 1, 2, 3
+
+
+class _Route:
+    """Per sub-layer switch read inside the compiled block: Dynamo guards on `what` by value, not on identity."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.what = _COMPUTE
+        self.given: torch.Tensor | None = None  # the output to return when not computed
+        self.fresh: torch.Tensor | None = None  # the computed output, when the plan keeps it
+
+
+def _routed_forward(route: _Route, *args, **kwargs):
+    # Traced into the block's graph: the branch taken is fixed per graph.
+    if route.what == _GIVEN:
+        return route.given
+    if route.what == _ZERO:
+        return torch.zeros_like(args[0])
+    out = type(route.module).forward(route.module, *args, **kwargs)
+    if route.what == _COMPUTE_KEEP:
+        route.fresh = out  # a graph output; handed to the plan's store after the model call
+    return out
+
+
+def _returning(out):
+    # The plan runner "computes" a sub-layer by calling its forward: hand it what the graph already computed.
+    return lambda *args, **kwargs: out
+
+
+def _not_computed(*args, **kwargs):
+    raise AssertionError("the plan runner computed a sub-layer that the compiled block was told to skip")
+
+
+class CompiledCache:
+    """Compile the blocks of a DiT / U-ViT and run a CachePlan (or nothing: plan=None) around them.
+
+    The same API as CacheEngine for sampling: `wrap(denoise)`, `detach()`, context manager. Compilation happens at
+    the first call of each pattern; compiled graphs outlive `detach()` (Dynamo caches them per code object), so a
+    second CompiledCache on the same model compiles nothing new.
+
+    Args:
+        model:   the network (its blocks come from l2c.cache.layout).
+        plan:    a CachePlan, or None for compiled uncached sampling.
+        mode:    torch.compile mode, one of COMPILE_MODES.
+        backend: torch.compile backend ("inductor"; "eager" / "aot_eager" to test tracing cheaply).
+    """
+
+    def __init__(self, model: nn.Module, plan: CachePlan | None = None, mode: str = "default", backend="inductor"):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)}")
+        self.model = model
+        self.plan = plan
+        self.modules = sublayers(model)
+        if plan is not None and plan.num_sublayers != len(self.modules):
+            raise ValueError(f"plan has {plan.num_sublayers} sub-layers per step but the model has {len(self.modules)}")
+        self.runner = RunPlan(plan) if plan is not None else None
+        self.actions = plan.actions.tolist() if plan is not None else None
+        self.keep = plan.keep().tolist() if plan is not None else None
+        self.cudagraphs = mode in _CUDAGRAPH_MODES and next(model.parameters()).device.type == "cuda"
+        self.step, self.slot = 0, -1
+        self.routes = [_Route(m) for m in self.modules]
+        self._attach(mode, backend)
+
+    # ------------------------------------------------------------------ attach / detach
+    def _attach(self, mode: str, backend) -> None:
+        for module in self.modules:
+            if "forward" in module.__dict__:
+                raise RuntimeError(
+                    f"{type(module).__name__}.forward is already wrapped on this model (a CacheEngine attached?); "
+                    "detach it before compiling"
+                )
+        self.blocks = layout_for(self.model).blocks(self.model)
+        self._saved_calls = [block._compiled_call_impl for block in self.blocks]
+        for module, route in zip(self.modules, self.routes):
+            module.forward = types.MethodType(_routed_forward, route)
+        for block in self.blocks:
+            block.compile(fullgraph=True, dynamic=False, mode=mode, backend=backend)
+        self._handles = [
+            self.model.register_forward_pre_hook(self._before_call),
+            self.model.register_forward_hook(self._after_call),
+        ]
+
+    def detach(self) -> None:
+        """Restore the sub-layers' and blocks' calls and remove the hooks (idempotent)."""
+        if not self._handles:
+            return
+        for handle in self._handles:
+            handle.remove()
+        for module in self.modules:
+            del module.forward
+        for block, saved in zip(self.blocks, self._saved_calls):
+            block._compiled_call_impl = saved
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.detach()
+
+    # ------------------------------------------------------------------ evaluations
+    def begin_step(self, step: int) -> None:
+        """Start model evaluation `step` in sampling order; step 0 starts a new run (forgets every stored output)."""
+        if self.runner is not None:
+            if step == 0:
+                self.runner.reset()
+            if step >= self.plan.num_steps:
+                raise ValueError(f"sampling step {step} but the cache plan covers {self.plan.num_steps} steps")
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        self.step, self.slot = step, -1
+
+    def wrap(self, denoise):
+        """denoise(x, t, step) -> same, compiled blocks and the plan's step set for its model calls."""
+
+        def compiled_denoise(x, t, step):
+            self.begin_step(step)
+            with recompile_limit(RECOMPILE_LIMIT):
+                return denoise(x, t, step)
+
+        return compiled_denoise
+
+    def _before_call(self, model, args):
+        self.slot += 1
+        if self.runner is None:
+            return
+        actions, keep = self.actions[self.step], self.keep[self.step]
+        for index, route in enumerate(self.routes):
+            action = actions[index]
+            route.given = None
+            if action == COMPUTE:
+                route.what = _COMPUTE_KEEP if keep[index] >= 0 else _COMPUTE
+                continue
+            route.what = _ZERO if action == DROP else _GIVEN
+            # The plan's reuse / forecast (and its release of histories nobody reads again); DROP only needs
+            # a tensor for the shape, and the graph makes its own zeros.
+            given = self.runner(self.step, self.slot, index, _not_computed, args, {})
+            route.given = given if action != DROP else None
+
+    def _after_call(self, model, args, output):
+        if self.runner is None:
+            return
+        for index, route in enumerate(self.routes):
+            if route.what not in (_COMPUTE, _COMPUTE_KEEP):
+                route.given = None
+                continue
+            fresh, route.fresh = route.fresh, None
+            if fresh is not None and self.cudagraphs:
+                fresh = fresh.clone()  # the next replay of this graph overwrites its outputs
+            self.runner(self.step, self.slot, index, _returning(fresh), (), {})
+
+    @property
+    def peak_stored_bytes(self) -> int:
+        return self.runner.peak_bytes if self.runner is not None else 0
+
+
+@contextmanager
+def recompile_limit(limit: int):
+    """Raise torch's per-code-object recompile limit inside the block (never lower it)."""
+    import torch._dynamo.config as dynamo_config
+
+    with dynamo_config.patch(recompile_limit=max(limit, dynamo_config.recompile_limit)):
+        yield
+
+
+def compiled_graph_count() -> int:
+    """Graphs Dynamo has compiled in this process so far (for tests and benchmarks)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

@@ -1,0 +1,91 @@
+"""Schedules over every evaluation: a router's scores to a plan that meets a MAC budget exactly.
+
+A schedule router holds one score per (evaluation, sub-layer) for every evaluation after the first (its cache steps
+are 1 .. E − 1) and names, in its file, what a cell that is not computed does (`action`: reuse or forecast1). At
+export the computed cells are taken in order of score until the plan's MACs — counted exactly, forecasting
+arithmetic included — reach the target; the threshold θ between the last taken and the first left score is stored.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..cache.macs import MacProfile
+from ..cache.plan import COMPUTE, FORECAST1, REUSE, CachePlan
+from .router import Router
+
+ACTION_CODES = {"reuse": REUSE, "forecast1": FORECAST1}
+
+
+def schedule_plan(scores: torch.Tensor, threshold: float, action: str, max_skip: int | None = None) -> CachePlan:
+    """Compute cell (j, l) iff its score > θ (evaluation 0 always); `action` elsewhere; then force computes where a
+    sub-layer would go more than `max_skip` evaluations in a row without one."""
+    if action not in ACTION_CODES:
+        raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTION_CODES)}")
+    compute = scores > threshold
+    compute[0] = True
+    compute = _cap(compute, max_skip)
+    return CachePlan.from_actions(torch.where(compute, COMPUTE, ACTION_CODES[action]), max_skip=max_skip)
+
+
+def _cap(compute: torch.Tensor, max_skip: int | None) -> torch.Tensor:
+    if max_skip is None:
+        return compute
+    compute = compute.clone()
+    run = torch.zeros(compute.shape[1], dtype=torch.long)
+    for j in range(compute.shape[0]):
+        run = torch.where(compute[j], 0, run + 1)
+        over = run > max_skip
+        compute[j] |= over
+        run[over] = 0
+    return compute
+
+
+def plan_fraction(plan: CachePlan, macs: MacProfile) -> float:
+    """MACs of the plan's run over the uncached run of the same evaluations (paper convention)."""
+    return macs.plan_total(plan) / (macs.full() * plan.num_steps)
+
+
+def threshold_for_budget(
+    scores: torch.Tensor, target: float, macs: MacProfile, action: str, max_skip: int | None = None
+) -> tuple[float, CachePlan, float]:
+    """(θ, plan, met fraction): the most computed cells, by score, whose plan costs at most `target`."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"the target MAC fraction must be in (0, 1], got {target}")
+    values = scores[1:].flatten().unique().sort(descending=True).values  # candidate θ = each distinct score
+    candidates = torch.cat([values, values.new_tensor([float("-inf")])])
+
+    def plan_at(k: int):  # θ = the k-th largest distinct score: the k best scores computed (k = 0: none)
+        theta = float(candidates[k])
+        plan = schedule_plan(scores, theta, action, max_skip)
+        return theta, plan, plan_fraction(plan, macs)
+
+    lo, hi = 0, len(values)  # the largest k with fraction <= target, by bisection (cost grows with k)
+    best = plan_at(0)
+    if best[2] > target:
+        raise ValueError(
+            f"the target MAC fraction {target:.3f} is below what evaluation 0 and the cap alone cost "
+            f"({best[2]:.3f}): ask for a smaller speedup or a larger --max-skip"
+        )
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        candidate = plan_at(mid)
+        if candidate[2] <= target:
+            lo, best = mid, candidate
+        else:
+            hi = mid - 1
+    return best
+
+
+def schedule_scores(router: Router) -> torch.Tensor:
+    """Scores of a schedule router in float64: sigmoid saturates to 1.0 in float32 for logits above ~17."""
+    return torch.sigmoid(router.logits.detach().double().cpu())
+
+
+def router_plan(router: Router, meta: dict, threshold: float | None = None) -> CachePlan:
+    """The plan a router file describes: a schedule over every evaluation (meta kind "schedule") or the paper's
+    alternation. θ defaults to the file's own."""
+    threshold = meta.get("threshold", 0.5) if threshold is None else threshold
+    if meta.get("kind") == "schedule":
+        return schedule_plan(schedule_scores(router), threshold, meta["action"], meta.get("max_skip"))
+    return router.to_plan(threshold)

@@ -1,0 +1,204 @@
+"""Learned schedules over every evaluation, trained along the cached sampler's own trajectory, to a MAC budget.
+
+The paper's router only chooses sub-layers at alternate evaluations (so it can never pass 2x) and is trained on
+teacher states with a cache filled by a full evaluation. Here a router holds one score per (evaluation, sub-layer)
+for every evaluation after the first, and training rolls the sampler out from noise with a *soft* schedule:
+
+    out   = β·fresh + (1 − β)·approx,   β = sigmoid(logit[j, l])
+    approx = f0 + (j − j0)·F1            (forecast, order 1)   or   f0   (reuse)
+
+where (f0, F1, j0) is the sub-layer's soft history, updated after every call as the β-weighted mix of "computed"
+and "not computed":  f0 ← β·fresh + (1 − β)·f0,  F1 ← β·(fresh − f0)/(j − j0) + (1 − β)·F1,  j0 ← β·j + (1 − β)·j0.
+At β ∈ {0, 1} this is exactly what the engine does with a hard plan (compute / reuse / forecast order 1), so the
+stored outputs at evaluation j are those the schedule itself left there, and x_j has drifted by every earlier
+approximation, as at sampling time (HarmoniCa's point; beyond the paper).
+
+Loss per evaluation: the squared error between the student's (guided) model output and the teacher's at the
+student's own x_j — image-free: noise and labels are all it needs. Back-propagation runs through windows of W
+evaluations (state detached between windows), so memory stays bounded. The budget is a constraint, not a λ sweep:
+cost C(β) = MACs fraction of the soft schedule; minimise loss + λ·d̄·(C − target) with dual ascent
+λ ← max(0, λ + η (C − target)) (d̄: running mean of the loss, so λ is unit-free). Export picks the computed cells by
+score to meet the target exactly (l2c.router.budget).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from ..cache.engine import CacheEngine
+from ..cache.macs import MacProfile
+from ..sampling.guidance import guided_denoiser
+from ..sampling.samplers import Sampler
+
+ACTIONS = ("reuse", "forecast1")
+
+
+class SoftSchedule:
+    """Engine behaviour: the differentiable relaxation of a compute / (reuse | forecast-1) plan (module docstring)."""
+
+    def __init__(self, beta: torch.Tensor, forecast: bool):
+        self.beta = beta  # (E, L), row 0 is 1 (evaluation 0 computes everything)
+        self.forecast = forecast
+        self.state: dict[tuple[int, int], list] = {}  # (slot, sub-layer) -> [f0, F1, j0]
+
+    def detach_(self) -> None:
+        """Cut the graph between training windows; values are kept."""
+        for st in self.state.values():
+            st[0] = st[0].detach()
+            st[1] = st[1].detach() if torch.is_tensor(st[1]) else st[1]
+            st[2] = st[2].detach() if torch.is_tensor(st[2]) else st[2]
+
+    def __call__(self, step, slot, index, forward, args, kwargs):
+        fresh = forward(*args, **kwargs)
+        key = (slot, index)
+        st = self.state.get(key)
+        if st is None:  # evaluation 0: computed, the history starts here
+            self.state[key] = [fresh, 0.0, float(step)]
+            return fresh
+        f0, slope, j0 = st
+        b = self.beta[step, index]
+        approx = f0 + (step - j0) * slope if self.forecast else f0
+        out = b * fresh + (1 - b) * approx
+        if self.forecast:
+            st[1] = b * (fresh - f0) / (step - j0) + (1 - b) * slope
+            st[2] = b * step + (1 - b) * j0
+        st[0] = b * fresh + (1 - b) * f0  # for reuse this is `out`; a forecast is not a new point of the history
+        return out
+
+
+@dataclass(frozen=True)
+class ScheduleTrainConfig:
+    target_macs: float = 0.4  # MAC fraction of the uncached run to meet (1 / target speedup)
+    action: str = "forecast1"  # what a non-computed cell does: "reuse" or "forecast1"
+    iterations: int = 150
+    batch_size: int = 8  # images per iteration (noise + labels only)
+    window: int = 5  # evaluations per back-propagation window
+    lr: float = 0.1  # Adam on the logits
+    dual_lr: float = 20.0  # η of the dual ascent on λ (λ is unit-free, see the module docstring)
+    guidance_scale: float = 1.5
+    init_logit: float = 2.0  # start near "compute everything": the dual ascent then removes what costs least
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < self.target_macs < 1.0:
+            raise ValueError(f"the target MAC fraction must be in (0, 1), got {self.target_macs}")
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
+        for name in ("iterations", "batch_size", "window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.dual_lr) and self.dual_lr >= 0):
+            raise ValueError("lr must be > 0 and dual_lr >= 0 (finite)")
+
+
+def soft_cost(beta: torch.Tensor, macs: MacProfile) -> torch.Tensor:
+    """MAC fraction of the soft schedule against the uncached run (paper convention; forecast arithmetic is left
+    out here — it is counted exactly at export)."""
+    per = torch.tensor(macs.sublayer_linear, dtype=beta.dtype, device=beta.device)
+    evaluations = beta.shape[0]
+    full = evaluations * macs.full()
+    return (evaluations * macs.always_linear + (beta * per).sum()) / full
+
+
+def train_schedule(
+    model,
+    sampler: Sampler,
+    macs: MacProfile,
+    config: ScheduleTrainConfig,
+    num_classes: int,
+    progress: bool = True,
+) -> tuple[torch.Tensor, dict]:
+    """Logits (E, L) of a learned schedule and the training history (loss, cost, λ per iteration)."""
+    model.eval().requires_grad_(False)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    E, L = sampler.num_evaluations, len(macs.sublayer_linear)
+    logits = torch.full((E, L), config.init_logit, device=device, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=config.lr)
+    lam, mean_loss = 0.0, None
+    history = {"iteration": [], "loss": [], "cost": [], "lambda": []}
+    engine = CacheEngine(model)
+    t0 = time.time()
+    try:
+        bar = tqdm(range(config.iterations), desc="train-schedule", disable=not progress)
+        for it in bar:
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + it)
+            z = torch.randn((config.batch_size, model.in_channels, model.input_size, model.input_size), generator=gen)
+            y = torch.randint(num_classes, (config.batch_size,), generator=gen)
+            loss, cost = _rollout(
+                model, engine, sampler, logits, opt, lam, mean_loss, macs, config, z, y, device, dtype
+            )
+            mean_loss = loss if mean_loss is None else 0.9 * mean_loss + 0.1 * loss
+            lam = max(0.0, lam + config.dual_lr * (cost - config.target_macs))
+            for key, value in (("iteration", it + 1), ("loss", loss), ("cost", cost), ("lambda", lam)):
+                history[key].append(value)
+            bar.set_postfix(loss=f"{loss:.3g}", macs=f"{cost:.3f}", lam=f"{lam:.3g}")
+    finally:
+        engine.detach()
+    history["wall_s"] = time.time() - t0
+    history["config"] = asdict(config)
+    return logits.detach().cpu(), history
+
+
+def _rollout(model, engine, sampler, logits, opt, lam, mean_loss, macs, config, z, y, device, dtype):
+    """One sampling run from noise z under the soft schedule, optimising the logits every `window` evaluations.
+    Returns (mean per-evaluation loss, MAC fraction of the soft schedule)."""
+    z, y = z.to(device, dtype), y.to(device)
+    student, copies = guided_denoiser(model, y, config.guidance_scale)
+    x = torch.cat([z] * copies)
+    losses, window_loss, done, history = [], 0.0, 0, {}
+
+    def beta_now():
+        beta = torch.sigmoid(logits)
+        return torch.cat([torch.ones_like(beta[:1]), beta[1:]])  # evaluation 0 computes everything
+
+    soft = SoftSchedule(beta_now(), config.action == "forecast1")
+
+    def denoise(x_j, t, j):
+        nonlocal window_loss, done
+        engine.begin_step(j) if j else None
+        with torch.no_grad(), engine.bypassed():
+            teacher = student(x_j, t, j)
+        with engine._behaving(soft):
+            out = student(x_j, t, j)
+        step_loss = (out - teacher).float().square().mean()
+        window_loss = window_loss + step_loss
+        losses.append(float(step_loss.detach()))
+        done += 1
+        return out
+
+    engine.begin_step(0)
+    for i in range(sampler.num_steps):
+        x = sampler.step(denoise, x, i, history)
+        last = i == sampler.num_steps - 1
+        if done >= config.window or last:
+            cost = soft_cost(soft.beta, macs)
+            scale = mean_loss if mean_loss is not None else float(window_loss.detach()) / max(done, 1)
+            total = window_loss / sampler.num_evaluations + lam * scale * (cost - config.target_macs)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            window_loss, done = 0.0, 0
+            x = x.detach()
+            _detach_history(history)
+            soft.detach_()
+            soft.beta = beta_now()  # the updated logits from here on
+    with torch.no_grad():
+        final_cost = float(soft_cost(beta_now(), macs))
+    loss = sum(losses) / len(losses)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"schedule loss is {loss}; lower --lr (now {config.lr})")
+    return loss, final_cost
+
+
+def _detach_history(history: dict) -> None:
+    for key, value in history.items():
+        if torch.is_tensor(value):
+            history[key] = value.detach()
+        elif isinstance(value, list):
+            history[key] = [v.detach() if torch.is_tensor(v) else v for v in value]

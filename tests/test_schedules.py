@@ -1,0 +1,119 @@
+"""Learned schedules over every evaluation: the soft relaxation is the engine at hard β, export meets the budget,
+the job writes a router file that sampling and `router show` read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from l2c.cache.engine import CacheEngine
+from l2c.cache.macs import profile_macs
+from l2c.cache.plan import COMPUTE, FORECAST1, REUSE, CachePlan
+from l2c.cli import main
+from l2c.jobs.generate import SampleConfig, generate
+from l2c.models import create_model
+from l2c.router.budget import plan_fraction, router_plan, schedule_plan, threshold_for_budget
+from l2c.router.files import load_router
+from l2c.sampling import StackedRandomGenerator, make_sampler
+from l2c.sampling.diffusion import default_spec
+from l2c.sampling.guidance import guided_denoiser
+from l2c.training.trajectory import ScheduleTrainConfig, SoftSchedule, soft_cost, train_schedule
+
+
+def tiny(preset="DiT-tiny"):
+    torch.manual_seed(0)
+    model = create_model(preset).double().eval().requires_grad_(False)
+    for p in model.parameters():
+        p.data.normal_(0, 0.2)
+    return model
+
+
+def random_actions(E, L, action, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    compute = torch.rand(E, L, generator=g) < 0.4
+    compute[0] = True
+    return compute, torch.where(compute, COMPUTE, action)
+
+
+@pytest.mark.parametrize("preset,sampler", [("DiT-tiny", "ddim"), ("U-ViT-tiny", "dpm-solver-2")])
+@pytest.mark.parametrize("action", [REUSE, FORECAST1])
+def test_soft_schedule_at_hard_beta_is_the_engine(preset, sampler, action):
+    """With β ∈ {0, 1} the relaxation trained on equals what sampling executes (guidance on, two caches for U-ViT)."""
+    model = tiny(preset)
+    spec = default_spec("dit" if preset.startswith("DiT") else "uvit")
+    E, L = 8, 2 * len(model.blocks)
+    compute, actions = random_actions(E, L, action)
+    config = SampleConfig(sampler=sampler, steps=E, guidance_scale=1.5, batch_size=3)
+    seeds, classes = [4, 5, 6], [1, 2, 3]
+    hard = generate(model, spec, seeds, classes, config, plan=CachePlan.from_actions(actions), progress=False)
+
+    soft = SoftSchedule(compute.double(), forecast=action == FORECAST1)
+    engine = CacheEngine(model)
+    try:
+        engine.begin_step(0)
+        y = torch.tensor(classes)
+        denoise, copies = guided_denoiser(model, y, 1.5)
+
+        def soft_denoise(x, t, j):
+            engine.begin_step(j)
+            with engine._behaving(soft):
+                return denoise(x, t, j)
+
+        z = StackedRandomGenerator(seeds).randn((3, 1, 8, 8), dtype=torch.float64)
+        relaxed = make_sampler(sampler, E, spec).sample(soft_denoise, torch.cat([z] * copies))[:3]
+    finally:
+        engine.detach()
+    torch.testing.assert_close(relaxed, hard, rtol=1e-9, atol=1e-9)
+
+
+def test_budget_export_meets_the_target_from_below():
+    macs = profile_macs("DiT-mnist")
+    scores = torch.rand(20, 12, generator=torch.Generator().manual_seed(1)).double()
+    for target in (0.25, 0.4, 0.5, 0.7):
+        for action in ("reuse", "forecast1"):
+            theta, plan, met = threshold_for_budget(scores, target, macs, action, max_skip=4)
+            assert met <= target and target - met < 0.02, (target, action, met)
+            assert plan_fraction(schedule_plan(scores, theta, action, 4), macs) == met
+            assert int(plan.skip_runs().max()) <= 4
+    with pytest.raises(ValueError, match="below what evaluation 0"):
+        threshold_for_budget(scores, 0.01, macs, "reuse")
+
+
+def test_soft_cost_matches_the_plan_cost_at_hard_beta():
+    macs = profile_macs("DiT-mnist")
+    compute, actions = random_actions(20, 12, REUSE)
+    plan = CachePlan.from_actions(actions)
+    assert float(soft_cost(compute.double(), macs)) == pytest.approx(plan_fraction(plan, macs), rel=1e-12)
+
+
+def test_training_lowers_the_cost_toward_the_target():
+    model = tiny()
+    sampler = make_sampler("ddim", 6, default_spec("dit"))
+    config = ScheduleTrainConfig(target_macs=0.5, iterations=4, batch_size=2, window=3, lr=0.5, dual_lr=50.0)
+    logits, history = train_schedule(model.float(), sampler, profile_macs("DiT-tiny"), config, 10, progress=False)
+    assert logits.shape == (6, 4)
+    assert history["cost"][-1] < history["cost"][0]  # the dual ascent pushes the soft cost down
+    assert history["lambda"][-1] > 0
+
+
+def test_schedule_router_file_sampling_and_show(tmp_path, capsys):
+    out = tmp_path / "s.safetensors"
+    args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out)]
+    code = main(["train-router", *args, "--target-speedup", "2", "--iterations", "2", "--batch-size", "2"])
+    assert code == 0
+    router, meta = load_router(out)
+    assert meta["kind"] == "schedule" and meta["target_macs"] == 0.5 and meta["met_macs"] <= 0.5
+    plan = router_plan(router, meta)
+    assert plan.num_steps == 6 and plan.forecasts
+    capsys.readouterr()
+    assert main(["router", "show", str(out), "--model", "DiT-tiny", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["macs_uncached"] == shown["macs_full"] and shown["actions"]["forecast1"] > 0
+    assert shown["macs_paper"] / shown["macs_uncached"] == pytest.approx(meta["met_macs"], rel=1e-9)
+    grid = tmp_path / "g.png"
+    assert main(["sample", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--router", str(out),
+                 "--seeds", "0-3", "--out", str(grid)]) == 0  # fmt: skip
+    assert grid.exists()
+    assert main(["train-router", *args, "--target-speedup", "2", "--target-macs", "0.5"]) == 2
