@@ -92,6 +92,7 @@ def bench_batch(model, sampler, config, plans, macs, batch: int, repeats: int) -
         for name, plan in plans.items():
             seconds, peak[name], x = sample_once(model, sampler, config, plan, batch)
             runs[name].append(seconds)
+            print(f"batch {batch}, repeat {repeat + 1}/{repeats}, {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
             if repeat == 0:
                 images[name] = x
     base = statistics.median(runs["uncached"])

@@ -248,7 +248,8 @@ def test_train_router_cli_tiny(tmp_path):
     )
     assert rc == 0 and out.exists()
     assert (tmp_path / "router" / "router.png").exists() and (tmp_path / "router" / "router_loss.png").exists()
-    # resume continues from the working checkpoint (6 of 6 iterations done: nothing left to do, same router)
+    # resume continues from the working checkpoint (6 of 6 iterations done: nothing left to do, same router); the
+    # same --lam auto, whose value comes from the checkpoint (another λ would be refused: test_bad_input.py)
     assert (
         main(
             [
@@ -267,7 +268,7 @@ def test_train_router_cli_tiny(tmp_path):
                 "--batch-size",
                 "4",
                 "--lam",
-                "0.01",
+                "auto",
                 "--out",
                 str(out),
                 "--resume",

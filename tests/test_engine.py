@@ -163,6 +163,19 @@ def test_reuse_drop_and_calls(curve_layout):
     assert [m.calls for m in sublayers(net)] == [2, 2]
 
 
+def test_custom_behaviour_inside_a_block_only(curve_layout):
+    net = CurveNet(linear, quadratic)
+    plain = net(3)
+
+    def doubled(step, slot, index, forward, args, kwargs):
+        return 2 * forward(*args, **kwargs)
+
+    with CacheEngine(net) as engine:
+        with engine.behaving(doubled):
+            assert torch.equal(net(3), 2 * plain)
+        assert torch.equal(net(3), plain)  # back to the pass-through
+
+
 def test_stored_memory_report(curve_layout):
     # 4 sub-layers, (3,) float64 outputs = 24 bytes. TaylorSeer(2, 2) over 7 evaluations computes at 0, 2, 4, 6: the
     # history holds f0 after 0, f0 + F1 after 2, f0 + F1 + F2 after 4, and is freed after its last read at 5.

@@ -95,7 +95,7 @@ def test_training_lowers_the_cost_toward_the_target():
     logits, history = train_schedule(model.float(), sampler, profile_macs("DiT-tiny"), config, 10, progress=False)
     assert logits.shape == (6, 4)
     assert history["cost"][-1] < history["cost"][0]  # the dual ascent pushes the soft cost down
-    assert history["lambda"][-1] > 0
+    assert history["lambda"][0] > 0  # over budget at the start: λ grows
 
 
 def test_schedule_router_file_sampling_and_show(tmp_path, capsys):

@@ -167,7 +167,7 @@ class CacheEngine(SublayerHooks):
     @contextmanager
     def recording(self):
         """Compute every sub-layer and store its output (detached) for blending; starts a new evaluation."""
-        with self._behaving(Record(self.outputs)):
+        with self.behaving(Record(self.outputs)):
             yield self
 
     @contextmanager
@@ -175,17 +175,19 @@ class CacheEngine(SublayerHooks):
         """out = β_l·fresh + (1 − β_l)·recorded, β (L,) one weight per sub-layer; starts a new evaluation."""
         if beta.shape != (len(self.modules),):
             raise ValueError(f"blending weights must have shape ({len(self.modules)},), got {tuple(beta.shape)}")
-        with self._behaving(Blend(self.outputs, beta)):
+        with self.behaving(Blend(self.outputs, beta)):
             yield self
 
     @contextmanager
     def bypassed(self):
         """Compute every sub-layer and store nothing (the uncached teacher); starts a new evaluation."""
-        with self._behaving(Bypass()):
+        with self.behaving(Bypass()):
             yield self
 
     @contextmanager
-    def _behaving(self, behaviour):
+    def behaving(self, behaviour):
+        """Route the sub-layers to any behaviour `behaviour(step, slot, index, forward, args, kwargs)` (see
+        l2c.cache.hooks) inside the block; starts a new evaluation."""
         if not self.attached:
             raise RuntimeError("this cache engine is detached")
         previous, self.behaviour = self.behaviour, behaviour
@@ -195,6 +197,8 @@ class CacheEngine(SublayerHooks):
         finally:
             if self.attached:  # detach() inside the block already set the pass-through for good
                 self.behaviour = previous
+
+    _behaving = behaving  # the name l2c.training.trajectory used first
 
     # ------------------------------------------------------------------ memory report
     @property

@@ -7,6 +7,7 @@ import argparse
 from ..jobs.generate import SampleConfig
 from ..models import MODELS, conventions
 from ..sampling.samplers import SAMPLERS
+from ..utils.precision import PRECISIONS
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -42,6 +43,13 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
         help="DiT batched guidance: "
         "'auto' guides 3 channels of 4-channel latents as upstream DiT does, else all; 'all' guides all",
     )
+    p.add_argument(
+        "--dtype",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="model precision: fp32; tf32 (fp32 with TF32 matmuls on CUDA, DiT's sampling setting); bf16 / fp16 "
+        "autocast mixed precision (U-ViT's accelerate setting), parameters and sampler state stay fp32",
+    )
 
 
 def load_model(args):
@@ -58,6 +66,7 @@ def sample_config(args, model, batch_size: int = 64) -> SampleConfig:
         eta=args.eta,
         guided_channels=args.guided_channels,
         batch_size=batch_size,
+        dtype=args.dtype,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import add_model_args, add_sampler_args, load_model, load_router_for, sample_config
+from .compare_sweep import add_sweep_arguments, run_sweep_command
 
 HELP = "L2C against fewer steps, FORA and manual layer selections: same seeds, one table"
 
@@ -12,7 +13,12 @@ HELP = "L2C against fewer steps, FORA and manual layer selections: same seeds, o
 def add_arguments(p) -> None:
     add_model_args(p)
     add_sampler_args(p)
-    p.add_argument("--router", required=True, help="router file (from train-router or router import)")
+    p.add_argument(
+        "--router",
+        default=None,
+        help="router file (from train-router or router import); required without --sweep, where it drives the "
+        "l2c (θ) and drop methods",
+    )
     p.add_argument("--threshold", type=float, default=None, help="θ (default: the one stored in the router file)")
     p.add_argument("--images", type=int, default=1000, help="images per method for the quality metrics")
     p.add_argument("--batch-size", type=int, default=100, help="sampling batch for the quality images")
@@ -30,9 +36,14 @@ def add_arguments(p) -> None:
     p.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models: images compared decoded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the error measurement")
     p.add_argument("--out", default="compare_out", help="output folder (compare.md, compare.json, compare.png)")
+    add_sweep_arguments(p)
 
 
 def run(args) -> int:
+    if args.sweep:
+        return run_sweep_command(args)
+    if args.router is None:
+        raise ValueError("--router is required (without --sweep)")
     from ..cache.layout import sublayers
     from ..cache.macs import profile_macs
     from ..jobs.compare import run_comparison, standard_methods, write_report

@@ -102,6 +102,11 @@ def kept_after_interrupt(command: str, args) -> str:
         )
     if command == "prepare-data":
         return f"the images prepared so far are kept in {args.out}; run the same command again to resume"
-    if command in ("compare", "demo"):
+    if command == "demo":
+        return (
+            f"files already in {args.out} are complete (each is written atomically); run the same command again to "
+            "continue its router training from the last checkpoint"
+        )
+    if command == "compare":
         return f"files already in {args.out} are complete (each is written atomically); the rest was not made"
     return "no file was changed (outputs are written atomically at the end)"

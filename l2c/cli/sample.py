@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ..jobs.compile import COMPILE_MODES
 from .common import add_model_args, add_sampler_args, load_model, load_router_for, sample_config
 
 HELP = "sample an image grid (and optionally an ADM-format .npz), with or without a router"
@@ -26,6 +29,18 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--grid-max", type=int, default=256, help="images in the grid PNG (the first ones)")
     p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder, for latent models")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run every transformer block as a torch.compile graph (one per block kind and sub-layer pattern, "
+        "whatever the plan; compiles at the first batch)",
+    )
+    p.add_argument(
+        "--compile-mode",
+        choices=list(COMPILE_MODES),
+        default="default",
+        help="torch.compile mode with --compile; reduce-overhead / max-autotune add CUDA graphs on a GPU",
+    )
 
 
 def run(args) -> int:
@@ -38,7 +53,7 @@ def run(args) -> int:
     seeds = parse_int_list(args.seeds)
     labels = parse_int_list(args.classes)
     classes = [labels[i % len(labels)] for i in range(len(seeds))]
-    config = sample_config(args, model, args.batch_size)
+    config = replace(sample_config(args, model, args.batch_size), compile=args.compile, compile_mode=args.compile_mode)
     plan = None
     if args.router:
         from ..router.budget import router_plan
@@ -47,9 +62,10 @@ def run(args) -> int:
         plan = router_plan(router, router_meta, threshold)
     decode = decoder_for(meta, args.vae, args.device)
     if args.npz:  # written in resumable parts, split over torchrun processes when launched with torchrun
-        from ..jobs.sample_sets import sample_to_npz
+        from ..jobs.sample_sets import describe_inputs, sample_to_npz
 
-        images = sample_to_npz(model, spec, seeds, classes, config, args.npz, plan=plan, decode=decode)
+        record = describe_inputs(args.model, args.ckpt, args.router, threshold if args.router else None, args.vae)
+        images = sample_to_npz(model, spec, seeds, classes, config, args.npz, plan=plan, decode=decode, record=record)
         if images is None:
             return 0  # not the main process
         images = images[: args.grid_max]

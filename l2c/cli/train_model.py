@@ -37,7 +37,7 @@ def run(args) -> int:
 
     from ..data.sources import open_training_data
     from ..models import create_model
-    from ..training.train_model import TrainModelConfig, train_model
+    from ..training.train_model import TrainModelConfig, check_resume, train_model
 
     config = TrainModelConfig(
         model=args.model,
@@ -54,8 +54,10 @@ def run(args) -> int:
         random_flip=args.data != "mnist" and not args.no_flip,
     )
     latent = MODELS[args.model].latent
+    record = {"data": args.data, "vae": args.vae}  # the data, which the config does not name
+    check_resume(Path(args.out), config, args.resume, record)  # before a folder is prepared (it can take hours)
     data = open_training_data(args.data, create_model(args.model), latent, args.vae, Path(args.out) / "data")
-    _, _, state = train_model(config, data, Path(args.out), resume=args.resume)
+    _, _, state = train_model(config, data, Path(args.out), resume=args.resume, record=record)
     print(
         f"trained {args.model} to step {state['step']}; final loss (mean of last 100) "
         f"{np.mean(state['losses'][-100:]):.4f}; checkpoint {Path(args.out) / 'checkpoint.pt'}"

@@ -62,7 +62,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     if args.target_speedup is not None or args.target_macs is not None:
         return run_schedule(args)
-    from ..jobs.train_router import RouterJob, batch_source, train_router_job
+    from ..jobs.train_router import RouterJob, batch_source, check_before_training, train_router_job
 
     model, spec, meta = load_model(args)
     sampling = sample_config(args, model)
@@ -75,10 +75,13 @@ def run(args) -> int:
         target_removal=args.target_removal,
         ste_threshold=args.ste_threshold,
         seed=args.seed,
+        precision=args.dtype,
     )
     out = Path(args.out)
+    data = {"data": args.data, "generated_images": args.generated_images if args.data == "generated" else None}
+    check_before_training(model, spec, meta, job, out, args.resume, data)  # before any images are made or read
     batches = batch_source(args.data, model, spec, meta, args.vae, out.with_suffix(""), sampling, args.generated_images)
-    train_router_job(model, spec, meta, job, batches, out, resume=args.resume, extra_meta={"data": args.data})
+    train_router_job(model, spec, meta, job, batches, out, resume=args.resume, extra_meta=data)
     return 0
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..sampling.diffusion import SCHEDULES
+
 # ---------------------------------------------------------------------------------------------------------------
 # Numbers: argument name -> (test, what is expected). None (an unset optional) always passes.
 
@@ -214,7 +216,7 @@ def check_output_file(label: str, value: str, extensions: tuple) -> None:
     path = Path(value)
     if path.suffix.lower() not in extensions:
         got = f"extension {path.suffix!r}" if path.suffix else "no extension"
-        raise ValueError(f"{label} has {got}; name a {' or '.join(extensions)} file")
+        raise ValueError(f"{label} has {got}; name a file ending in {', '.join(extensions)}")
     if path.exists() or path.is_symlink():
         if path.is_dir():
             raise ValueError(f"{label} is a folder; name a file")
@@ -272,6 +274,8 @@ def _bundled_weights(args) -> dict:
 def check_arguments(args) -> None:
     """Every check that needs no model: numbers, the device, the paths."""
     check_numbers(args)
+    if getattr(args, "schedule", None) and args.schedule not in SCHEDULES:
+        raise ValueError(f"--schedule {args.schedule!r} is not a β schedule; use one of {', '.join(SCHEDULES)}")
     if getattr(args, "device", None):
         check_device(args.device)
     check_paths(args)

@@ -27,6 +27,7 @@ from ..cache import CacheEngine
 from ..cache.layout import layout_for, sublayers
 from ..cache.plan import CachePlan
 from ..router import Router, load_router
+from ..router.budget import router_plan
 
 DEFAULT_THRESHOLD = 0.5  # the CLI's default θ when neither --threshold nor the router file gives one
 
@@ -44,7 +45,7 @@ def resolve_plan(router_or_plan, threshold: float | None = None) -> CachePlan:
         raise TypeError(f"expected a CachePlan, a Router or a router file path, got {type(router_or_plan).__name__}")
     if threshold is None:
         threshold = meta.get("threshold", DEFAULT_THRESHOLD)
-    return router_or_plan.to_plan(threshold)
+    return router_plan(router_or_plan, meta, threshold)  # the paper's alternation, or a schedule router's plan
 
 
 def _split(pipe_or_transformer) -> tuple[nn.Module, object | None]:

@@ -24,6 +24,7 @@ from ..metrics.scores import paired_metrics
 from ..router.report import plan_macs
 from ..router.router import Router
 from ..sampling.diffusion import DiffusionSpec
+from ..utils.io import atomic_output, atomic_write_text
 from .generate import SampleConfig, generate, to_uint8
 from .timing import device_name, time_runs
 
@@ -187,7 +188,8 @@ def plot_rows(rows: list[dict], path, title: str = "") -> None:
     axes[1].legend(fontsize=7, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -199,8 +201,8 @@ def write_report(rows: list[dict], out: Path, context: dict) -> str:
         f"(seeds 0..{context['images'] - 1}, classes in turn); latency: median of {context['repeats']} interleaved "
         f"runs of a {rows[0]['latency_batch']}-image batch on {device_name()}."
     )
-    (out / "compare.md").write_text(header + "\n\n" + table + "\n")
+    atomic_write_text(header + "\n\n" + table + "\n", out / "compare.md")
     finite = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    (out / "compare.json").write_text(json.dumps({"context": context, "rows": finite}, indent=2) + "\n")
+    atomic_write_text(json.dumps({"context": context, "rows": finite}, indent=2) + "\n", out / "compare.json")
     plot_rows(rows, out / "compare.png", title=f"{context['model']}: L2C and baselines")
     return header + "\n\n" + table

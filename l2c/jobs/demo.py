@@ -81,7 +81,7 @@ def _train_router(model, spec, meta, sampler, model_name, iterations, target_rem
     from ..data.mnist import load_mnist, to_model_range
     from ..data.prepared import ArrayDataset
     from ..router.files import load_router
-    from .train_router import RouterJob, train_router_job
+    from .train_router import RouterJob, train_router_job, unfinished_run
 
     settings = cpu_defaults(architecture_of(model))
     overrides = (("iterations", iterations),) if iterations else ()
@@ -94,7 +94,9 @@ def _train_router(model, spec, meta, sampler, model_name, iterations, target_rem
     )
     t0 = time.time()
     path = out / "router.safetensors"
-    train_router_job(model, spec, meta, job, sample_batch, path, extra_meta={"model": model_name, "data": "mnist"})
+    # a demo interrupted while training its router continues that training when started again (same settings)
+    extra = {"model": model_name, "data": "mnist"}
+    train_router_job(model, spec, meta, job, sample_batch, path, resume=unfinished_run(path), extra_meta=extra)
     router, router_meta = load_router(path)
     plot_router(
         router,

@@ -13,6 +13,8 @@ def load_for_sampling(
     name: str, ckpt: str | None = None, random_init: bool = False, schedule: str | None = None, device="cpu"
 ) -> tuple[torch.nn.Module, DiffusionSpec, dict]:
     """(model, diffusion spec, metadata) of a bundled model or a preset; `schedule` overrides the β schedule."""
+    if (ckpt or name in BUNDLED) and random_init:
+        raise ValueError("--random-init asks for no weights, but the model has some: drop --random-init or --ckpt")
     if name in BUNDLED:
         if ckpt:
             raise ValueError(f"{name} is a bundled model and brings its weights: drop --ckpt (or name a preset)")

@@ -11,6 +11,7 @@ Run-time decisions (first-block caching's host read, TaylorSeer's differences) h
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -52,13 +53,17 @@ def _config(run: SweepRun, point: Point, batch: int | None = None) -> SampleConf
     return replace(run.config, sampler=point.sampler, steps=point.steps, batch_size=batch or run.config.batch_size)
 
 
+def _generate(run: SweepRun, p: Point, seeds, classes, config):
+    return generate(run.model, run.spec, seeds, classes, config, p.plan, progress=False, runtime_cache=p.runtime)
+
+
 def sample_point(run: SweepRun, point: Point, bar=None) -> np.ndarray:
     """uint8 images (N, H, W, C) of every seed, batch by batch (the progress bar counts images)."""
     config, out = _config(run, point), []
     for start in range(0, len(run.seeds), config.batch_size):
         seeds = run.seeds[start : start + config.batch_size]
         classes = run.classes[start : start + config.batch_size]
-        x = generate(run.model, run.spec, seeds, classes, config, point.plan, False, runtime_cache=point.runtime)
+        x = _generate(run, point, seeds, classes, config)
         out.append(to_uint8(run.decode(x) if run.decode is not None else x))
         if bar is not None:
             bar.update(len(seeds))
@@ -99,12 +104,19 @@ def point_quality(run: SweepRun, images: np.ndarray, reference: np.ndarray) -> d
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _classifier():
+    from ..metrics.classifier import load_classifier
+
+    return load_classifier()
+
+
 def mnist_quality(images: np.ndarray, classes: np.ndarray, n_boot: int) -> dict:
     from ..metrics.classifier import classify
-    from ..metrics.report import _default_classifier, mnist_metrics, reference_statistics
+    from ..metrics.report import mnist_metrics, reference_statistics
 
-    point = mnist_metrics(images, classes)
-    features, _ = classify(_default_classifier(), images)
+    point = mnist_metrics(images, classes, classifier=_classifier())
+    features, _ = classify(_classifier(), images)
     fid, lo, hi = bootstrap_fid(features, *reference_statistics(), n_boot=n_boot)
     return {
         "fid": fid,
@@ -122,7 +134,7 @@ def point_latency(run: SweepRun, point: Point, reference: Point) -> dict:
 
     def runner(p: Point):
         config = _config(run, p, n)
-        return lambda: generate(run.model, run.spec, seeds, classes, config, p.plan, False, runtime_cache=p.runtime)
+        return lambda: _generate(run, p, seeds, classes, config)
 
     fns = {"reference": runner(reference)}
     if point is not reference:
@@ -139,7 +151,7 @@ def point_latency(run: SweepRun, point: Point, reference: Point) -> dict:
     }
 
 
-def measure(run: SweepRun, point: Point, reference_point_: Point, reference_images, bar=None):
+def measure(run: SweepRun, point: Point, reference: Point, reference_images, bar=None):
     images = sample_point(run, point, bar)
     row = {
         "method": point.method,
@@ -151,7 +163,7 @@ def measure(run: SweepRun, point: Point, reference_point_: Point, reference_imag
         **point_cost(run, point),
     }
     row.update(point_quality(run, images, images if reference_images is None else reference_images))
-    row.update(point_latency(run, point, reference_point_))
+    row.update(point_latency(run, point, reference))
     return row, images
 
 

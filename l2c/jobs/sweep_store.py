@@ -68,7 +68,9 @@ class SweepStore:
         return self.out / "reference.pt"
 
     def save_reference(self, images) -> None:
-        atomic_torch_save({"images": images, "settings": self.settings}, self.reference_path)
+        import torch
+
+        atomic_torch_save({"images": torch.from_numpy(images), "settings": self.settings}, self.reference_path)
 
     def load_reference(self):
         import torch
@@ -76,4 +78,4 @@ class SweepStore:
         if not self.reference_path.exists():
             return None
         saved = torch.load(self.reference_path, weights_only=True)
-        return saved["images"] if saved.get("settings") == self.settings else None
+        return saved["images"].numpy() if saved.get("settings") == self.settings else None

@@ -52,7 +52,10 @@ def psnr_with_ci(a_uint8: np.ndarray, b_uint8: np.ndarray, n_boot: int = 500, le
     mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
     rng = np.random.default_rng(seed)
     means = mse[rng.integers(0, len(mse), size=(n_boot, len(mse)))].mean(1)
-    with np.errstate(divide="ignore"):
-        psnr = 10 * np.log10(255.0**2 / np.array([mse.mean(), *means]))
-    lo, hi = np.quantile(psnr[1:], [(1 - level) / 2, (1 + level) / 2])
-    return float(psnr[0]), float(lo), float(hi)
+    # Quantiles of the mean MSE, then PSNR (monotone, decreasing): a resample may hold only identical pairs (inf dB).
+    lo_mse, hi_mse = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return _psnr(mse.mean()), _psnr(hi_mse), _psnr(lo_mse)
+
+
+def _psnr(mse: float) -> float:
+    return float("inf") if mse <= 0 else float(10 * np.log10(255.0**2 / mse))

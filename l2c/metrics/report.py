@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.io import atomic_savez, load_npz
 from .classifier import classify, load_classifier
 from .fid import feature_statistics, frechet_distance
 from .scores import class_accuracy, inception_score, paired_metrics, precision_recall
@@ -67,14 +68,57 @@ def _reference_features(classifier, n: int) -> np.ndarray:
 
 
 def evaluate_npz(path: str, reference: str | None = None) -> dict:
-    data = np.load(path)
+    """Metrics of a samples .npz; with `reference`, paired metrics of the images of the same seeds (and classes)."""
+    data = load_npz(path, "samples file")
     if "arr_0" not in data:
         raise ValueError(f"{path} has no 'arr_0' array (ADM sample format)")
-    result = mnist_metrics(data["arr_0"], data["labels"] if "labels" in data else None)
-    if reference:
-        ref = np.load(reference)["arr_0"]
-        result.update(paired_metrics(data["arr_0"], ref))
+    paired = None
+    if reference:  # paired first: a mismatch is refused before any metric is computed
+        ref = load_npz(reference, "reference file")
+        if "arr_0" not in ref:
+            raise ValueError(f"{reference} has no 'arr_0' array (ADM sample format)")
+        paired = pair_by_seed(data, ref, path, reference)
+    result = mnist_metrics(data["arr_0"], data.get("labels"))
+    if paired:
+        images, ref_images, paired_by = paired
+        result.update(paired_metrics(images, ref_images))
+        result["paired_by"] = paired_by
     return result
+
+
+def pair_by_seed(data: dict, ref: dict, path, reference) -> tuple[np.ndarray, np.ndarray, str]:
+    """(images, reference images of the same seeds, how they were paired); refuses sets whose seeds differ.
+
+    Paired metrics compare an image with the one made from the same noise, so the pairing is by the stored seeds
+    (sets written by `l2c sample --npz` hold them), never by position unless neither set has seeds.
+    """
+    if "seeds" not in data and "seeds" not in ref:
+        if data["arr_0"].shape != ref["arr_0"].shape:
+            raise ValueError(f"{path} and {reference} hold {data['arr_0'].shape} vs {ref['arr_0'].shape} images")
+        return data["arr_0"], ref["arr_0"], "position (neither file records seeds)"
+    for name, d in ((path, data), (reference, ref)):
+        if "seeds" not in d:
+            raise ValueError(f"{name} records no seeds, so its images cannot be paired by seed (use l2c sample --npz)")
+        if len(np.unique(d["seeds"])) != len(d["seeds"]) or len(d["seeds"]) != len(d["arr_0"]):
+            raise ValueError(f"{name}: its seeds are repeated or do not match its {len(d['arr_0'])} images")
+    seeds, ref_seeds = data["seeds"].tolist(), ref["seeds"].tolist()
+    if set(seeds) != set(ref_seeds):
+        missing = sorted(set(seeds) ^ set(ref_seeds))[:5]
+        raise ValueError(
+            f"{path} and {reference} hold different seeds (e.g. {missing} is in only one); paired metrics need "
+            "the same seeds: sample both with the same --seeds"
+        )
+    where = {s: i for i, s in enumerate(ref_seeds)}
+    order = np.asarray([where[s] for s in seeds])
+    if "labels" in data and "labels" in ref:
+        differ = np.nonzero(data["labels"] != ref["labels"][order])[0]
+        if len(differ):
+            i = int(differ[0])
+            raise ValueError(
+                f"seed {seeds[i]} has class {data['labels'][i]} in {path} but {ref['labels'][order][i]} in "
+                f"{reference}: sample both with the same --classes"
+            )
+    return data["arr_0"], ref["arr_0"][order], "seed"
 
 
 def write_reference_statistics() -> None:
@@ -84,7 +128,7 @@ def write_reference_statistics() -> None:
     images, _ = load_mnist("test")
     feats, _ = classify(load_classifier(), images)
     mu, sigma = feature_statistics(feats)
-    np.savez(REFERENCE_STATS, mu=mu, sigma=sigma)
+    atomic_savez(REFERENCE_STATS, mu=mu, sigma=sigma)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,32 @@ class TrainModelConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
 
-def train_model(cfg: TrainModelConfig, data, out_dir: Path, resume: bool = False):
+RESUMABLE_CHANGES = ("steps", "ckpt_every", "threads")  # settings a resumed run may change: the result stays the same
+
+
+def check_resume(out_dir: Path, cfg: TrainModelConfig, resume: bool, record: dict | None = None) -> None:
+    """Before any data is read: refuse to overwrite a run without --resume, and a --resume of another command's
+    checkpoint (naming the first settings that differ). `record` names the data, which cfg does not hold."""
+    ckpt_path = Path(out_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        return
+    if not resume:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    ckpt = safe_torch_load(ckpt_path)
+    old = {**ckpt.get("config", {}), **(ckpt.get("record") or {})}
+    new = {**asdict(cfg), **(record or {})}
+    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+    if changed:
+        said = "; ".join(f"{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in changed[:3])
+        raise ValueError(
+            f"{ckpt_path} was made by another command ({said}): pass the old values to resume it, or choose "
+            "another --out"
+        )
+    if ckpt.get("step", 0) > cfg.steps:
+        raise ValueError(f"{ckpt_path} is already at step {ckpt['step']}, past --steps {cfg.steps}")
+
+
+def train_model(cfg: TrainModelConfig, data, out_dir: Path, resume: bool = False, record: dict | None = None):
     """data: an l2c.data.prepared dataset (ArrayDataset, PreparedDataset) of the model's input shape.
 
     Writes out_dir/{checkpoint.pt, config.json, losses.csv, loss.png}; returns (ema model, diffusion spec, state).
@@ -70,13 +95,12 @@ def train_model(cfg: TrainModelConfig, data, out_dir: Path, resume: bool = False
         raise ValueError(f"the data is {tuple(data.shape)} per image but {cfg.model} takes {expected}")
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    state = {"step": 0, "losses": []}
+    state = {"step": 0, "losses": [], "record": record}
     ckpt_path = out_dir / "checkpoint.pt"
+    check_resume(out_dir, cfg, resume, record)
     if resume and ckpt_path.exists():
-        state = _load_training_state(ckpt_path, cfg, model, ema, opt)
+        state = {**_load_training_state(ckpt_path, cfg, model, ema, opt), "record": record}
         log.info("resumed from %s at step %d", ckpt_path, state["step"])
-    elif ckpt_path.exists():
-        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
     atomic_write_json({"config": asdict(cfg), "diffusion": asdict(spec)}, out_dir / "config.json")
     _run(cfg, spec, model, ema, opt, state, data, out_dir)
     return ema, spec, state
@@ -130,6 +154,7 @@ def _save(cfg, spec, model, ema, opt, state, out_dir: Path) -> None:
             "wall_s": state["wall_s"],
             "config": asdict(cfg),
             "diffusion": asdict(spec),
+            "record": state.get("record"),  # the data: compared on --resume (check_resume)
         },
         out_dir / "checkpoint.pt",
     )

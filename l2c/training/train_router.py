@@ -31,6 +31,7 @@ from ..router.router import Router
 from ..sampling.samplers import Sampler
 from ..utils import distributed
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from ..utils.precision import check_precision, grad_scaler, precision_scope
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class RouterTrainConfig:
     ste_threshold: float | None = None  # straight-through threshold in training (off in the official routers)
     seed: int = 0
     ckpt_every: int = 100
+    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (autocast; fp16 with loss scaling, as U-ViT's accelerate)
 
     def __post_init__(self):
         if self.loss not in ("mean", "sum"):
@@ -55,6 +57,7 @@ class RouterTrainConfig:
             raise ValueError("iterations and batch_size must be >= 1")
         if self.lam < 0 or self.lr <= 0:
             raise ValueError(f"need lam >= 0 and lr > 0, got lam={self.lam}, lr={self.lr}")
+        check_precision(self.precision)
 
 
 def official_defaults(arch: str, steps: int) -> dict:
@@ -185,6 +188,7 @@ def train_router(
     cfg: RouterTrainConfig,
     out_dir: Path | None = None,
     resume: bool = False,
+    record: dict | None = None,
 ) -> dict:
     """sample_batch(generator, n) -> (x0 (n,C,H,W), labels (n,)). Returns the loss history.
 
@@ -203,6 +207,7 @@ def train_router(
         opt.load_state_dict(state["opt"])
         history, start = state["history"], state["iteration"]
     engine = CacheEngine(model)
+    scaler = grad_scaler(model, cfg.precision)
     null = model.null_class
     rank, world = distributed.rank(), distributed.world_size()
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
@@ -226,13 +231,16 @@ def train_router(
                 m = router.cache_steps[int(torch.randint(len(router.cache_steps), (1,), generator=gen))]
             x0, y, noise = x0[mine].to(device), y[mine].to(device), noise[mine].to(device)
             randn_like = _seeded_noise(cfg.seed * 1_000_003 + it, rank)
-            loss, distill = router_step_loss(model, engine, router, sampler, x0, y, m, noise, cfg, randn_like)
+            with precision_scope(model, cfg.precision):
+                loss, distill = router_step_loss(model, engine, router, sampler, x0, y, m, noise, cfg, randn_like)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"router loss is {loss.item()} at iteration {it}; lower --lr (now {cfg.lr})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # gradients in true units before averaging (a no-op unless fp16)
             distributed.mean_across_processes(router.logits.grad)
-            opt.step()
+            scaler.step(opt)  # fp16: skips the step when the scaled gradient overflowed
+            scaler.update()
             if cfg.clamp:
                 with torch.no_grad():
                     router.logits.clamp_(-cfg.clamp, cfg.clamp)
@@ -260,6 +268,7 @@ def train_router(
                         "history": history,
                         "iteration": it + 1,
                         "config": asdict(cfg),
+                        "record": record,  # the settings a --resume must match (jobs.train_router)
                     },
                     ckpt,
                 )

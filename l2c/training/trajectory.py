@@ -11,14 +11,17 @@ where (f0, F1, j0) is the sub-layer's soft history, updated after every call as 
 and "not computed":  f0 ← β·fresh + (1 − β)·f0,  F1 ← β·(fresh − f0)/(j − j0) + (1 − β)·F1,  j0 ← β·j + (1 − β)·j0.
 At β ∈ {0, 1} this is exactly what the engine does with a hard plan (compute / reuse / forecast order 1), so the
 stored outputs at evaluation j are those the schedule itself left there, and x_j has drifted by every earlier
-approximation, as at sampling time (HarmoniCa's point; beyond the paper).
+approximation, as at sampling time (HarmoniCa's point; beyond the paper). By default β is that hard 0/1 in the
+forward pass (score > 0.5) with the sigmoid's gradient in the backward pass (straight-through): training then
+follows the trajectory of the very plan it will export, rather than of a half-computed blend.
 
 Loss per evaluation: the squared error between the student's (guided) model output and the teacher's at the
 student's own x_j — image-free: noise and labels are all it needs. Back-propagation runs through windows of W
 evaluations (state detached between windows), so memory stays bounded. The budget is a constraint, not a λ sweep:
 cost C(β) = MACs fraction of the soft schedule; minimise loss + λ·d̄·(C − target) with dual ascent
-λ ← max(0, λ + η (C − target)) (d̄: running mean of the loss, so λ is unit-free). Export picks the computed cells by
-score to meet the target exactly (l2c.router.budget).
+λ ← λ + η (C − target) (d̄: running mean of the loss, so λ is unit-free). The constraint is an equality — the
+schedule should spend its budget — so λ turns negative, and pushes scores up, when the cost falls below the target.
+Export picks the computed cells by score to meet the target exactly (l2c.router.budget).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
 from ..cache.macs import MacProfile
+from ..router.router import StraightThroughThreshold
 from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
 
@@ -64,6 +68,10 @@ class SoftSchedule:
         b = self.beta[step, index]
         approx = f0 + (step - j0) * slope if self.forecast else f0
         out = b * fresh + (1 - b) * approx
+        # The history is updated with β detached: the score's gradient is its direct effect on this output (and,
+        # through it, on every later state), not the effect of moving the history's anchor position j0, which
+        # has no hard counterpart and dominates the gradient otherwise.
+        b = b.detach()
         if self.forecast:
             st[1] = b * (fresh - f0) / (step - j0) + (1 - b) * slope
             st[2] = b * step + (1 - b) * j0
@@ -79,9 +87,10 @@ class ScheduleTrainConfig:
     batch_size: int = 8  # images per iteration (noise + labels only)
     window: int = 5  # evaluations per back-propagation window
     lr: float = 0.1  # Adam on the logits
-    dual_lr: float = 20.0  # η of the dual ascent on λ (λ is unit-free, see the module docstring)
+    dual_lr: float = 5.0  # η of the dual ascent on λ (λ is unit-free, see the module docstring)
     guidance_scale: float = 1.5
-    init_logit: float = 2.0  # start near "compute everything": the dual ascent then removes what costs least
+    init_logit: float = 1.0  # start on the "compute" side (plus N(0, 0.5²) jitter, so cells do not flip at once)
+    straight_through: bool = True  # hard β forward (the trajectory of the actual plan), sigmoid gradient backward
     seed: int = 0
 
     def __post_init__(self):
@@ -118,7 +127,8 @@ def train_schedule(
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     E, L = sampler.num_evaluations, len(macs.sublayer_linear)
-    logits = torch.full((E, L), config.init_logit, device=device, dtype=torch.float32, requires_grad=True)
+    jitter = 0.5 * torch.randn((E, L), generator=torch.Generator().manual_seed(config.seed))
+    logits = (config.init_logit + jitter).to(device).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=config.lr)
     lam, mean_loss = 0.0, None
     history = {"iteration": [], "loss": [], "cost": [], "lambda": []}
@@ -128,13 +138,12 @@ def train_schedule(
         bar = tqdm(range(config.iterations), desc="train-schedule", disable=not progress)
         for it in bar:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + it)
-            z = torch.randn((config.batch_size, model.in_channels, model.input_size, model.input_size), generator=gen)
-            y = torch.randint(num_classes, (config.batch_size,), generator=gen)
-            loss, cost = _rollout(
-                model, engine, sampler, logits, opt, lam, mean_loss, macs, config, z, y, device, dtype
-            )
+            shape = (config.batch_size, model.in_channels, model.input_size, model.input_size)
+            z = torch.randn(shape, generator=gen).to(device, dtype)
+            y = torch.randint(num_classes, (config.batch_size,), generator=gen).to(device)
+            loss, cost = _rollout(model, engine, sampler, logits, opt, lam, mean_loss, macs, config, z, y)
             mean_loss = loss if mean_loss is None else 0.9 * mean_loss + 0.1 * loss
-            lam = max(0.0, lam + config.dual_lr * (cost - config.target_macs))
+            lam = lam + config.dual_lr * (cost - config.target_macs)  # equality constraint: λ may go negative
             for key, value in (("iteration", it + 1), ("loss", loss), ("cost", cost), ("lambda", lam)):
                 history[key].append(value)
             bar.set_postfix(loss=f"{loss:.3g}", macs=f"{cost:.3f}", lam=f"{lam:.3g}")
@@ -145,23 +154,25 @@ def train_schedule(
     return logits.detach().cpu(), history
 
 
-def _rollout(model, engine, sampler, logits, opt, lam, mean_loss, macs, config, z, y, device, dtype):
+def _rollout(model, engine, sampler, logits, opt, lam, mean_loss, macs, config, z, y):
     """One sampling run from noise z under the soft schedule, optimising the logits every `window` evaluations.
     Returns (mean per-evaluation loss, MAC fraction of the soft schedule)."""
-    z, y = z.to(device, dtype), y.to(device)
     student, copies = guided_denoiser(model, y, config.guidance_scale)
     x = torch.cat([z] * copies)
     losses, window_loss, done, history = [], 0.0, 0, {}
 
     def beta_now():
         beta = torch.sigmoid(logits)
+        if config.straight_through:  # forward the hard plan (the relaxation is exact there), backward the sigmoid
+            beta = StraightThroughThreshold.apply(beta, 0.5)
         return torch.cat([torch.ones_like(beta[:1]), beta[1:]])  # evaluation 0 computes everything
 
     soft = SoftSchedule(beta_now(), config.action == "forecast1")
 
     def denoise(x_j, t, j):
         nonlocal window_loss, done
-        engine.begin_step(j) if j else None
+        if j:
+            engine.begin_step(j)  # step 0 was begun (and the store reset) before the loop
         with torch.no_grad(), engine.bypassed():
             teacher = student(x_j, t, j)
         with engine._behaving(soft):

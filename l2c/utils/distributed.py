@@ -64,3 +64,13 @@ def mean_across_processes(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return t
+
+
+def all_true(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a collective: every process must call it)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    failures = torch.tensor([0 if flag else 1], device=device)
+    dist.all_reduce(failures)
+    return int(failures.item()) == 0

@@ -89,19 +89,25 @@ def safe_torch_load(path: str | Path, safe_globals: list | None = None):
             warnings.simplefilter("ignore")  # pickle-protocol warnings say nothing the user can act on
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # garbage also ends in the unpickler; code is asked for by a global
+            raise _corrupt_checkpoint(path, e) from None
         raise ValueError(
             f"{path} is not a plain checkpoint: it needs {_unsupported(e)} to load, and l2c loads only tensors and "
             "plain containers, never code; if the file is yours, re-save its state_dict with torch.save"
         ) from None
     except Exception as e:  # truncated zips, foreign formats: torch raises many types, none worth a traceback
-        raise ValueError(f"checkpoint {path} is truncated, corrupt or not a torch file ({_first_line(e)})") from None
+        raise _corrupt_checkpoint(path, e) from None
+
+
+def _corrupt_checkpoint(path: Path, e: Exception) -> ValueError:
+    return ValueError(f"checkpoint {path} is truncated, corrupt or not a torch file ({_first_line(e)})")
 
 
 def _unsupported(e: Exception) -> str:
     # torch names what it refused ("Unsupported global: GLOBAL os.system"); keep that part, drop its advice
     for line in str(e).splitlines():
         line = line.strip()
-        if line.startswith("Unsupported") or "GLOBAL" in line:
+        if "GLOBAL" in line:
             return f"more than weights ({line.rstrip('.')})"
     return "more than weights"
 
@@ -118,6 +124,12 @@ def load_npz(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"{what} not found: {path} (tried {path.resolve()})")
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder, not an .npz file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"{what} {path} is a single .npy array, not an .npz archive")
+    if not magic.startswith(b"PK"):  # every .npz is a zip archive; anything else would reach numpy's pickle path
+        raise ValueError(f"{what} {path} is corrupt or not an .npz (it is not a zip archive)")
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
