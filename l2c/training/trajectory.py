@@ -17,11 +17,15 @@ follows the trajectory of the very plan it will export, rather than of a half-co
 
 Loss per evaluation: the squared error between the student's (guided) model output and the teacher's at the
 student's own x_j — image-free: noise and labels are all it needs. Back-propagation runs through windows of W
-evaluations (state detached between windows), so memory stays bounded. The budget is a constraint, not a λ sweep:
-cost C(β) = MACs fraction of the soft schedule; minimise loss + λ·d̄·(C − target) with dual ascent
-λ ← λ + η (C − target) (d̄: running mean of the loss, so λ is unit-free). The constraint is an equality — the
-schedule should spend its budget — so λ turns negative, and pushes scores up, when the cost falls below the target.
-Export picks the computed cells by score to meet the target exactly (l2c.router.budget).
+evaluations (state detached between windows), so memory stays bounded.
+
+The budget is met by construction, not by a λ sweep: the forward pass computes exactly the top-scored cells whose
+MACs fit the target (a straight-through top-k: hard 0/1 forward, the sigmoid's gradient backward), so training
+follows the trajectory of the very plan it will export, at its budget. (A Lagrangian with dual ascent on λ was
+tried first: on dit-mnist its cost swung between 0.1 and 1.0 of the uncached MACs and never settled.) Export picks
+the computed cells by score in the same way, forecasting arithmetic and the skip cap included (l2c.router.budget).
+Scores start from TaylorSeer's uniform interval at the budget (plus a little noise), so training starts from the
+strongest training-free schedule and moves cells where the trajectory loss says they matter.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
 from ..cache.macs import MacProfile
-from ..router.router import StraightThroughThreshold
 from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
 
@@ -83,14 +86,12 @@ class SoftSchedule:
 class ScheduleTrainConfig:
     target_macs: float = 0.4  # MAC fraction of the uncached run to meet (1 / target speedup)
     action: str = "forecast1"  # what a non-computed cell does: "reuse" or "forecast1"
-    iterations: int = 150
-    batch_size: int = 8  # images per iteration (noise + labels only)
+    iterations: int = 60
+    batch_size: int = 4  # images per iteration (noise + labels only)
     window: int = 5  # evaluations per back-propagation window
-    lr: float = 0.1  # Adam on the logits
-    dual_lr: float = 5.0  # η of the dual ascent on λ (λ is unit-free, see the module docstring)
+    lr: float = 0.05  # Adam on the logits
     guidance_scale: float = 1.5
-    init_logit: float = 1.0  # start on the "compute" side (plus N(0, 0.5²) jitter, so cells do not flip at once)
-    straight_through: bool = True  # hard β forward (the trajectory of the actual plan), sigmoid gradient backward
+    init: str = "taylorseer"  # "taylorseer": +1 on the cells of the uniform interval at the budget; "flat": 0
     seed: int = 0
 
     def __post_init__(self):
@@ -98,20 +99,44 @@ class ScheduleTrainConfig:
             raise ValueError(f"the target MAC fraction must be in (0, 1), got {self.target_macs}")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
+        if self.init not in ("taylorseer", "flat"):
+            raise ValueError(f"init must be 'taylorseer' or 'flat', got {self.init!r}")
         for name in ("iterations", "batch_size", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.dual_lr) and self.dual_lr >= 0):
-            raise ValueError("lr must be > 0 and dual_lr >= 0 (finite)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
 
 
 def soft_cost(beta: torch.Tensor, macs: MacProfile) -> torch.Tensor:
-    """MAC fraction of the soft schedule against the uncached run (paper convention; forecast arithmetic is left
-    out here — it is counted exactly at export)."""
+    """MAC fraction of a (soft or hard) schedule against the uncached run (paper convention; forecast arithmetic is
+    left out here — it is counted exactly at export)."""
     per = torch.tensor(macs.sublayer_linear, dtype=beta.dtype, device=beta.device)
     evaluations = beta.shape[0]
     full = evaluations * macs.full()
     return (evaluations * macs.always_linear + (beta * per).sum()) / full
+
+
+def budget_mask(scores: torch.Tensor, macs: MacProfile, target: float) -> torch.Tensor:
+    """0/1 (E, L): evaluation 0, then the best-scored cells while their sub-layer MACs fit `target`."""
+    E, L = scores.shape
+    per = torch.tensor(macs.sublayer_linear, dtype=torch.float64)
+    spare = target * E * macs.full() - E * macs.always_linear - float(per.sum())  # after evaluation 0
+    order = scores[1:].detach().flatten().argsort(descending=True)
+    cost = per.repeat(E - 1)[order].cumsum(0)
+    mask = torch.zeros((E - 1) * L, dtype=scores.dtype, device=scores.device)
+    mask[order[cost <= spare]] = 1
+    return torch.cat([torch.ones_like(scores[:1]), mask.view(E - 1, L)])
+
+
+def initial_logits(E: int, L: int, config: ScheduleTrainConfig) -> torch.Tensor:
+    jitter = 0.1 * torch.randn((E, L), generator=torch.Generator().manual_seed(config.seed))
+    if config.init == "flat":
+        return jitter
+    interval = max(1, round(1 / config.target_macs))
+    prior = -torch.ones(E, L)
+    prior[::interval] = 1.0
+    return prior + jitter
 
 
 def train_schedule(
@@ -122,16 +147,14 @@ def train_schedule(
     num_classes: int,
     progress: bool = True,
 ) -> tuple[torch.Tensor, dict]:
-    """Logits (E, L) of a learned schedule and the training history (loss, cost, λ per iteration)."""
+    """Logits (E, L) of a learned schedule and the training history (loss per iteration, wall time)."""
     model.eval().requires_grad_(False)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     E, L = sampler.num_evaluations, len(macs.sublayer_linear)
-    jitter = 0.5 * torch.randn((E, L), generator=torch.Generator().manual_seed(config.seed))
-    logits = (config.init_logit + jitter).to(device).requires_grad_(True)
+    logits = initial_logits(E, L, config).to(device).requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=config.lr)
-    lam, mean_loss = 0.0, None
-    history = {"iteration": [], "loss": [], "cost": [], "lambda": []}
+    history = {"iteration": [], "loss": [], "cost": []}
     engine = CacheEngine(model)
     t0 = time.time()
     try:
@@ -141,12 +164,10 @@ def train_schedule(
             shape = (config.batch_size, model.in_channels, model.input_size, model.input_size)
             z = torch.randn(shape, generator=gen).to(device, dtype)
             y = torch.randint(num_classes, (config.batch_size,), generator=gen).to(device)
-            loss, cost = _rollout(model, engine, sampler, logits, opt, lam, mean_loss, macs, config, z, y)
-            mean_loss = loss if mean_loss is None else 0.9 * mean_loss + 0.1 * loss
-            lam = lam + config.dual_lr * (cost - config.target_macs)  # equality constraint: λ may go negative
-            for key, value in (("iteration", it + 1), ("loss", loss), ("cost", cost), ("lambda", lam)):
+            loss, cost = _rollout(model, engine, sampler, logits, opt, macs, config, z, y)
+            for key, value in (("iteration", it + 1), ("loss", loss), ("cost", cost)):
                 history[key].append(value)
-            bar.set_postfix(loss=f"{loss:.3g}", macs=f"{cost:.3f}", lam=f"{lam:.3g}")
+            bar.set_postfix(loss=f"{loss:.3g}", macs=f"{cost:.3f}")
     finally:
         engine.detach()
     history["wall_s"] = time.time() - t0
@@ -154,20 +175,20 @@ def train_schedule(
     return logits.detach().cpu(), history
 
 
-def _rollout(model, engine, sampler, logits, opt, lam, mean_loss, macs, config, z, y):
-    """One sampling run from noise z under the soft schedule, optimising the logits every `window` evaluations.
-    Returns (mean per-evaluation loss, MAC fraction of the soft schedule)."""
+def _rollout(model, engine, sampler, logits, opt, macs, config, z, y):
+    """One sampling run from noise z under the schedule, optimising the logits every `window` evaluations.
+    Returns (mean per-evaluation loss, MAC fraction of the schedule it ran)."""
     student, copies = guided_denoiser(model, y, config.guidance_scale)
     x = torch.cat([z] * copies)
     losses, window_loss, done, history = [], 0.0, 0, {}
 
     def beta_now():
-        beta = torch.sigmoid(logits)
-        if config.straight_through:  # forward the hard plan (the relaxation is exact there), backward the sigmoid
-            beta = StraightThroughThreshold.apply(beta, 0.5)
-        return torch.cat([torch.ones_like(beta[:1]), beta[1:]])  # evaluation 0 computes everything
+        scores = torch.sigmoid(logits)
+        hard = budget_mask(scores, macs, config.target_macs)
+        return hard + scores - scores.detach()  # the top-k plan forward, the sigmoid's gradient backward
 
     soft = SoftSchedule(beta_now(), config.action == "forecast1")
+    cost = float(soft_cost(soft.beta.detach().double(), macs))
 
     def denoise(x_j, t, j):
         nonlocal window_loss, done
@@ -186,25 +207,19 @@ def _rollout(model, engine, sampler, logits, opt, lam, mean_loss, macs, config, 
     engine.begin_step(0)
     for i in range(sampler.num_steps):
         x = sampler.step(denoise, x, i, history)
-        last = i == sampler.num_steps - 1
-        if done >= config.window or last:
-            cost = soft_cost(soft.beta, macs)
-            scale = mean_loss if mean_loss is not None else float(window_loss.detach()) / max(done, 1)
-            total = window_loss / sampler.num_evaluations + lam * scale * (cost - config.target_macs)
+        if done >= config.window or i == sampler.num_steps - 1:
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            (window_loss / sampler.num_evaluations).backward()
             opt.step()
             window_loss, done = 0.0, 0
             x = x.detach()
             _detach_history(history)
             soft.detach_()
-            soft.beta = beta_now()  # the updated logits from here on
-    with torch.no_grad():
-        final_cost = float(soft_cost(beta_now(), macs))
+            soft.beta = beta_now()  # the updated scores from here on
     loss = sum(losses) / len(losses)
     if not math.isfinite(loss):
         raise FloatingPointError(f"schedule loss is {loss}; lower --lr (now {config.lr})")
-    return loss, final_cost
+    return loss, cost
 
 
 def _detach_history(history: dict) -> None:
