@@ -65,7 +65,7 @@ def test_soft_schedule_at_hard_beta_is_the_engine(preset, sampler, action):
 
         def soft_denoise(x, t, j):
             engine.begin_step(j)
-            with engine._behaving(soft):
+            with engine.behaving(soft):
                 return denoise(x, t, j)
 
         z = StackedRandomGenerator(seeds).randn((3, 1, 8, 8), dtype=torch.float64)
@@ -129,10 +129,25 @@ def test_schedule_router_file_sampling_and_show(tmp_path, capsys):
     capsys.readouterr()
     assert main(["router", "show", str(out), "--model", "DiT-tiny", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["macs_uncached"] == shown["macs_full"] and shown["actions"]["forecast1"] > 0
+    assert shown["macs_uncached"] == shown["macs_full"] and shown["actions"]["forecast2"] > 0
     assert shown["macs_paper"] / shown["macs_uncached"] == pytest.approx(meta["met_macs"], rel=1e-9)
     grid = tmp_path / "g.png"
     assert main(["sample", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--router", str(out),
                  "--seeds", "0-3", "--out", str(grid)]) == 0  # fmt: skip
     assert grid.exists()
     assert main(["train-router", *args, "--target-speedup", "2", "--target-macs", "0.5"]) == 2
+
+
+def test_learned_method_points_meet_their_budgets(tmp_path):
+    from l2c.methods import METHODS, SweepContext
+
+    out = tmp_path / "s.safetensors"
+    args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out)]
+    assert main(["train-router", *args, "--target-macs", "0.6", "--iterations", "1", "--batch-size", "2"]) == 0
+    router, meta = load_router(out)
+    macs = profile_macs("DiT-tiny")
+    ctx = SweepContext("ddim", 6, 6, 4, [1, 3, 5], macs, schedule_routers=[(str(out), router, meta)])
+    (default,) = METHODS["learned"].points(ctx)
+    assert default.value == 0.6 and plan_fraction(default.plan, macs) <= 0.6
+    lower = METHODS["learned"].point(ctx, 0.45)
+    assert plan_fraction(lower.plan, macs) <= 0.45 < plan_fraction(default.plan, macs)

@@ -126,7 +126,7 @@ def ctx():
 DIRECTION = {"fewer-steps": 1, "dpm-solver-2m": 1}
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if n not in ("first-block", "l2c-lambda")])
+@pytest.mark.parametrize("name", [n for n in METHODS if n not in ("first-block", "l2c-lambda", "learned")])
 def test_method_knob_moves_cost_monotonically(ctx, name):
     method = METHODS[name]
     values = sorted(method.defaults(ctx))

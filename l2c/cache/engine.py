@@ -198,7 +198,6 @@ class CacheEngine(SublayerHooks):
             if self.attached:  # detach() inside the block already set the pass-through for good
                 self.behaviour = previous
 
-    _behaving = behaving  # the name l2c.training.trajectory used first
 
     # ------------------------------------------------------------------ memory report
     @property

@@ -36,6 +36,13 @@ def add_sweep_arguments(p) -> None:
         metavar="FILE",
         help="--sweep: routers trained at several --target-removal values (method l2c-lambda, λ from each file)",
     )
+    p.add_argument(
+        "--schedule-routers",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="--sweep: learned schedules (train-router --target-macs), one point per file (method learned)",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="--sweep: bootstrap resamples for the 95 %% intervals")
 
 
@@ -54,14 +61,14 @@ def parse_values(items: list[str]) -> dict[str, list[float]]:
     return out
 
 
-def _lambda_routers(args, model, config) -> list:
+def _router_files(paths, model, config) -> list:
     from ..cache.layout import sublayers
     from ..router.files import check_router_fits, load_router
     from ..sampling.diffusion import DiffusionSpec
 
     evaluations = config.make_sampler(DiffusionSpec()).num_evaluations
     routers = []
-    for path in args.lambda_routers:
+    for path in paths:
         router, meta = load_router(path)
         check_router_fits(router, meta, len(sublayers(model)), config.sampler, evaluations)
         routers.append((path, router, meta))
@@ -106,7 +113,8 @@ def build_context(args, model, spec, meta, config):
         cache_steps=cache_steps_for(sampler.cache_schedule, evaluations),
         macs=profile_macs(meta["preset"]),
         router=router,
-        lambda_routers=_lambda_routers(args, model, config),
+        lambda_routers=_router_files(args.lambda_routers, model, config),
+        schedule_routers=_router_files(args.schedule_routers, model, config),
         block_macs=_memo(lambda: block_linear_macs(meta["preset"])),
     )
     if _data(args, model) != "none":
@@ -177,6 +185,7 @@ def settings_of(args, meta, config) -> dict:
         "bootstrap": args.bootstrap,
         "router_sha256": file_sha256(args.router) if args.router else None,
         "lambda_routers_sha256": sorted(file_sha256(p) for p in args.lambda_routers),
+        "schedule_routers_sha256": sorted(file_sha256(p) for p in args.schedule_routers),
         "data": args.data,
         "smoothcache_images": args.smoothcache_images,
         "seed": args.seed,

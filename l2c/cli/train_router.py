@@ -53,7 +53,13 @@ def add_arguments(p) -> None:
     g.add_argument("--target-speedup", type=float, default=None, help="MAC speedup to meet (e.g. 2.5)")
     g.add_argument("--target-macs", type=float, default=None, help="MAC fraction of the uncached run (e.g. 0.4)")
     g.add_argument(
-        "--action", choices=["forecast1", "reuse"], default="forecast1", help="what a cell that is not computed does"
+        "--action",
+        choices=["forecast2", "forecast1", "reuse"],
+        default="forecast2",
+        help="what a cell that is not computed does",
+    )
+    g.add_argument(
+        "--search-rounds", type=int, default=2, help="rounds of budget-neutral moves measured on held-out noise"
     )
     g.add_argument("--window", type=int, default=5, help="evaluations per back-propagation window")
     g.add_argument("--max-skip", type=int, default=None, help="cap on consecutive non-computed evaluations")
@@ -95,10 +101,13 @@ def schedule_config(args):
         raise ValueError(f"--target-speedup must be > 1, got {args.target_speedup}")
     target = args.target_macs if args.target_macs is not None else 1.0 / args.target_speedup
     overrides = {k: getattr(args, k) for k in ("iterations", "batch_size", "lr") if getattr(args, k) is not None}
+    if args.search_rounds < 0:
+        raise ValueError(f"--search-rounds must be >= 0, got {args.search_rounds}")
     return ScheduleTrainConfig(
         target_macs=target,
         action=args.action,
         window=args.window,
+        search_rounds=args.search_rounds,
         guidance_scale=args.cfg,
         seed=args.seed,
         **overrides,

@@ -4,16 +4,21 @@ heat-map. Used by `l2c train-router --target-speedup / --target-macs` and the de
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from ..cache.macs import MacProfile
+from ..cache.plan import COMPUTE, CachePlan
 from ..models import architecture_of
-from ..router.budget import plan_fraction, schedule_scores, threshold_for_budget
+from ..router.budget import plan_fraction, router_plan, threshold_for_budget
 from ..router.files import save_router
 from ..router.report import plot_router
 from ..router.router import Router
 from ..sampling.samplers import Sampler
-from ..training.trajectory import ScheduleTrainConfig, train_schedule
+from ..training.schedule_search import TrajectoryError, refine
+from ..training.trajectory import ScheduleTrainConfig, initial_logits, train_schedule
 from ..utils.io import atomic_write_json
 
 
@@ -27,13 +32,28 @@ def train_schedule_job(
     max_skip: int | None = None,
     progress: bool = True,
 ) -> tuple[Router, dict]:
-    """Train, pick θ for the budget, write `out` (.safetensors) and `out` without suffix / {schedule.png, .json}."""
+    """Start from TaylorSeer's interval at the budget, train (gradient iterations, if any), take the plan that meets
+    the budget, refine it by search along its own trajectory, write `out` (.safetensors) and `out` without suffix /
+    {schedule.png, schedule_training.json}."""
     num_classes = model.null_class  # labels 0 .. null - 1
-    logits, history = train_schedule(model, sampler, macs, config, num_classes, progress=progress)
-    router = Router(logits.shape[0], logits.shape[1], list(range(1, logits.shape[0])))
+    E, L = sampler.num_evaluations, len(macs.sublayer_linear)
+    if config.iterations:
+        logits, history = train_schedule(model, sampler, macs, config, num_classes, progress=progress)
+    else:
+        logits, history = initial_logits(E, L, config), {"config": asdict(config)}
+    scores = torch.sigmoid(logits.double())
+    theta, plan, met = threshold_for_budget(scores, config.target_macs, macs, config.action, max_skip, config.form)
+    if config.search_rounds:
+        error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images)
+        actions, trace = refine(plan.actions, error, config.form, config.search_rounds, max_skip, progress)
+        history.update(search_errors=trace, search_evaluations=error.evaluations)
+        # Store the searched plan as scores on either side of θ = 0.5: the file reproduces it exactly.
+        logits = torch.where(actions == COMPUTE, 4.0, -4.0).float()
+        theta = 0.5
+        plan = CachePlan.from_actions(actions, form=config.form, max_skip=max_skip)
+        met = plan_fraction(plan, macs)
+    router = Router(E, L, list(range(1, E)))
     router.logits.data.copy_(logits)
-    scores = schedule_scores(router)
-    theta, plan, met = threshold_for_budget(scores, config.target_macs, macs, config.action, max_skip)
     router_meta = {
         "kind": "schedule",
         "arch": architecture_of(model),
@@ -42,6 +62,7 @@ def train_schedule_job(
         "steps": sampler.num_evaluations // sampler.evaluations_per_step,
         "guidance": config.guidance_scale,
         "action": config.action,
+        "form": config.form,
         "max_skip": max_skip,
         "threshold": theta,
         "target_macs": config.target_macs,
@@ -59,5 +80,6 @@ def train_schedule_job(
         f"wrote {out}: {plan.action_counts()} over {plan.num_steps} evaluations; MACs {met:.3f} of uncached "
         f"(target {config.target_macs:.3f}, {1 / met:.2f}x fewer) at θ = {theta:.4g}"
     )
-    assert abs(plan_fraction(plan, macs) - met) < 1e-12
+    if not torch.equal(router_plan(router, router_meta).actions, plan.actions):
+        raise RuntimeError("the router file does not reproduce the exported plan: this is a bug in l2c")
     return router, router_meta

@@ -12,6 +12,7 @@ from .fewer_steps import DPM_2M, FEWER_STEPS
 from .first_block import FIRST_BLOCK
 from .fora import FORA
 from .l2c import L2C_LAMBDA, L2C_THETA
+from .learned import LEARNED
 from .manual import BOTTOM, ERROR, RANDOM, TOP
 from .smoothcache import SMOOTHCACHE
 from .taylorseer import TAYLORSEER_O1, TAYLORSEER_O2
@@ -21,6 +22,7 @@ METHODS: dict[str, MethodSpec] = {
     for m in (
         L2C_THETA,
         L2C_LAMBDA,
+        LEARNED,
         FEWER_STEPS,
         DPM_2M,
         FORA,

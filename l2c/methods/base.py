@@ -30,6 +30,7 @@ class SweepContext:
     macs: MacProfile
     router: Router | None = None  # L2C θ sweep and Learning-to-Drop
     lambda_routers: list[tuple[str, Router, dict]] = field(default_factory=list)  # (file, router, metadata)
+    schedule_routers: list[tuple[str, Router, dict]] = field(default_factory=list)  # learned schedules, ditto
     errors: Callable[[], torch.Tensor] | None = None  # () -> (cache steps, L) single-layer caching errors
     changes: Callable[[], torch.Tensor] | None = None  # () -> SmoothCache calibration (2, S, S)
     block_macs: Callable[[], list[float]] | None = None  # () -> Linear MACs of each block (first-block caching)

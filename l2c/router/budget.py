@@ -11,13 +11,15 @@ from __future__ import annotations
 import torch
 
 from ..cache.macs import MacProfile
-from ..cache.plan import COMPUTE, FORECAST1, REUSE, CachePlan
+from ..cache.plan import COMPUTE, FORECAST1, FORECAST2, REUSE, CachePlan
 from .router import Router
 
-ACTION_CODES = {"reuse": REUSE, "forecast1": FORECAST1}
+ACTION_CODES = {"reuse": REUSE, "forecast1": FORECAST1, "forecast2": FORECAST2}
 
 
-def schedule_plan(scores: torch.Tensor, threshold: float, action: str, max_skip: int | None = None) -> CachePlan:
+def schedule_plan(
+    scores: torch.Tensor, threshold: float, action: str, max_skip: int | None = None, form: str = "newton"
+) -> CachePlan:
     """Compute cell (j, l) iff its score > θ (evaluation 0 always); `action` elsewhere; then force computes where a
     sub-layer would go more than `max_skip` evaluations in a row without one."""
     if action not in ACTION_CODES:
@@ -25,7 +27,7 @@ def schedule_plan(scores: torch.Tensor, threshold: float, action: str, max_skip:
     compute = scores > threshold
     compute[0] = True
     compute = _cap(compute, max_skip)
-    return CachePlan.from_actions(torch.where(compute, COMPUTE, ACTION_CODES[action]), max_skip=max_skip)
+    return CachePlan.from_actions(torch.where(compute, COMPUTE, ACTION_CODES[action]), form=form, max_skip=max_skip)
 
 
 def _cap(compute: torch.Tensor, max_skip: int | None) -> torch.Tensor:
@@ -47,7 +49,12 @@ def plan_fraction(plan: CachePlan, macs: MacProfile) -> float:
 
 
 def threshold_for_budget(
-    scores: torch.Tensor, target: float, macs: MacProfile, action: str, max_skip: int | None = None
+    scores: torch.Tensor,
+    target: float,
+    macs: MacProfile,
+    action: str,
+    max_skip: int | None = None,
+    form: str = "newton",
 ) -> tuple[float, CachePlan, float]:
     """(θ, plan, met fraction): the most computed cells, by score, whose plan costs at most `target`."""
     if not 0.0 < target <= 1.0:
@@ -57,7 +64,7 @@ def threshold_for_budget(
 
     def plan_at(k: int):  # θ = the k-th largest distinct score: the k best scores computed (k = 0: none)
         theta = float(candidates[k])
-        plan = schedule_plan(scores, theta, action, max_skip)
+        plan = schedule_plan(scores, theta, action, max_skip, form)
         return theta, plan, plan_fraction(plan, macs)
 
     lo, hi = 0, len(values)  # the largest k with fraction <= target, by bisection (cost grows with k)
@@ -87,5 +94,6 @@ def router_plan(router: Router, meta: dict, threshold: float | None = None) -> C
     alternation. θ defaults to the file's own."""
     threshold = meta.get("threshold", 0.5) if threshold is None else threshold
     if meta.get("kind") == "schedule":
-        return schedule_plan(schedule_scores(router), threshold, meta["action"], meta.get("max_skip"))
+        scores = schedule_scores(router)
+        return schedule_plan(scores, threshold, meta["action"], meta.get("max_skip"), meta.get("form", "newton"))
     return router.to_plan(threshold)

@@ -42,7 +42,7 @@ from ..cache.macs import MacProfile
 from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
 
-ACTIONS = ("reuse", "forecast1")
+ACTIONS = ("reuse", "forecast1", "forecast2")  # gradient training relaxes forecast2 as forecast1
 
 
 class SoftSchedule:
@@ -85,13 +85,16 @@ class SoftSchedule:
 @dataclass(frozen=True)
 class ScheduleTrainConfig:
     target_macs: float = 0.4  # MAC fraction of the uncached run to meet (1 / target speedup)
-    action: str = "forecast1"  # what a non-computed cell does: "reuse" or "forecast1"
-    iterations: int = 60
+    action: str = "forecast2"  # what a non-computed cell does: "reuse", "forecast1" or "forecast2"
+    iterations: int = 0  # gradient iterations (0: none; the search of l2c.training.schedule_search refines)
     batch_size: int = 4  # images per iteration (noise + labels only)
     window: int = 5  # evaluations per back-propagation window
     lr: float = 0.05  # Adam on the logits
     guidance_scale: float = 1.5
     init: str = "taylorseer"  # "taylorseer": +1 on the cells of the uniform interval at the budget; "flat": 0
+    form: str = "taylorseer"  # forecast form of the exported plan (l2c.cache.plan)
+    search_rounds: int = 2  # rounds of budget-neutral moves measured on held-out noise (0: none)
+    search_images: int = 64
     seed: int = 0
 
     def __post_init__(self):
@@ -101,7 +104,9 @@ class ScheduleTrainConfig:
             raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
         if self.init not in ("taylorseer", "flat"):
             raise ValueError(f"init must be 'taylorseer' or 'flat', got {self.init!r}")
-        for name in ("iterations", "batch_size", "window"):
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        for name in ("batch_size", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -187,7 +192,7 @@ def _rollout(model, engine, sampler, logits, opt, macs, config, z, y):
         hard = budget_mask(scores, macs, config.target_macs)
         return hard + scores - scores.detach()  # the top-k plan forward, the sigmoid's gradient backward
 
-    soft = SoftSchedule(beta_now(), config.action == "forecast1")
+    soft = SoftSchedule(beta_now(), config.action != "reuse")
     cost = float(soft_cost(soft.beta.detach().double(), macs))
 
     def denoise(x_j, t, j):
@@ -196,7 +201,7 @@ def _rollout(model, engine, sampler, logits, opt, macs, config, z, y):
             engine.begin_step(j)  # step 0 was begun (and the store reset) before the loop
         with torch.no_grad(), engine.bypassed():
             teacher = student(x_j, t, j)
-        with engine._behaving(soft):
+        with engine.behaving(soft):
             out = student(x_j, t, j)
         step_loss = (out - teacher).float().square().mean()
         window_loss = window_loss + step_loss
