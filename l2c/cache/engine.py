@@ -198,7 +198,6 @@ class CacheEngine(SublayerHooks):
             if self.attached:  # detach() inside the block already set the pass-through for good
                 self.behaviour = previous
 
-
     # ------------------------------------------------------------------ memory report
     @property
     def stored_bytes(self) -> int:

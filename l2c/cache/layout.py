@@ -1,8 +1,8 @@
 """Where the cacheable sub-layers of each architecture live: an explicit table, not name-guessing.
 
 Sub-layer index l = branches * block + branch (DiT / U-ViT: branch 0 = attention, 1 = MLP), the order of the official
-router vectors (docs/upstream.md §1.3). Adding an architecture (a diffusers transformer, say) means adding one entry to LAYOUTS,
-or to DIFFUSERS_LAYOUTS for classes of the optional diffusers package.
+router vectors (docs/upstream.md §1.3). Adding an architecture (a diffusers transformer, say) means adding one
+entry to LAYOUTS, or to DIFFUSERS_LAYOUTS for classes of the optional diffusers package.
 """
 
 from __future__ import annotations

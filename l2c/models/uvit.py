@@ -1,8 +1,8 @@
 """U-ViT (Bao et al., "All are Worth Words: A ViT Backbone for Diffusion Models", 2023), faithful to the checkpoints.
 
 Tokens are [label, time, patches]; in_blocks push their outputs on a stack that the out_blocks pop as long skips,
-merged by `skip_linear`. Parameter names equal those of `imagenet256_uvit_huge.pth` (docs/upstream.md §3.2). Each block's
-sub-layers are the children `attn` and `mlp`, so a cache can attach without this file knowing.
+merged by `skip_linear`. Parameter names equal those of `imagenet256_uvit_huge.pth` (docs/upstream.md §3.2).
+Each block's sub-layers are the children `attn` and `mlp`, so a cache can attach without this file knowing.
 """
 
 from __future__ import annotations

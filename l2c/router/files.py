@@ -3,9 +3,10 @@
 Own format: tensor "logits" (S, L) in sampling order; metadata key "l2c_router" holds JSON with the format version,
 model preset, checkpoint hash, sampler, steps, cache schedule and steps, guidance, λ, θ and the training config.
 
-Official files (docs/upstream.md §5): DiT `DDIM{N}_router.pt` = {"routers": {"{k}.prob": [56]}, "opt", "args": Namespace}, k the
-respaced index (k = 0 least noisy) -> our step j = N - 1 - k. U-ViT `dpm{NFE}_router.pth` = {"{i}.prob": [58]}, i
-the outer DPM-Solver-2 step -> our evaluation j = 2 i (the shifted cache step).
+Official files (docs/upstream.md §5): DiT `DDIM{N}_router.pt` = {"routers": {"{k}.prob": [56]}, "opt",
+"args": Namespace}, k the respaced index (k = 0 least noisy) -> our step j = N - 1 - k. U-ViT
+`dpm{NFE}_router.pth` = {"{i}.prob": [58]}, i the outer DPM-Solver-2 step -> our evaluation j = 2 i (the shifted
+cache step).
 """
 
 from __future__ import annotations

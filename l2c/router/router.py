@@ -1,4 +1,5 @@
-"""The Learning-to-Cache router: one learnable logit per sampling step and sub-layer (paper §3.3, docs/upstream.md §1.3).
+"""The Learning-to-Cache router: one learnable logit per sampling step and sub-layer (paper §3.3;
+docs/upstream.md §1.3).
 
 Score β = sigmoid(logit) ∈ (0, 1): 1 = compute the sub-layer, 0 = reuse its cached output. Only the rows of cache
 steps are trained and used; at sampling time a sub-layer is executed iff β > θ (Algorithm 2; the paper's printed

@@ -67,7 +67,8 @@ def guided_denoiser(model: nn.Module, y: torch.Tensor, scale: float, form: str =
     """(denoise, copies): the architecture's guidance (models.ARCHITECTURES) unless `form` names one; `copies` is 2
     when the sampler state is the doubled batch of batched guidance.
 
-    guided_channels "auto" guides 3 channels of a 4-channel model, DiT's upstream rule (docs/upstream.md §2.1), else all.
+    guided_channels "auto" guides 3 channels of a 4-channel model, DiT's upstream rule (docs/upstream.md §2.1),
+    else all.
     """
     if scale == 1.0:
         return conditional_denoiser(model, y), 1

@@ -191,7 +191,8 @@ class _DPMSolver(Sampler):
 
 
 class DPMSolver2S(_DPMSolver):
-    """Singlestep order 2, r1 = 0.5 (U-ViT's sampler; docs/upstream.md §3.2): with h = λ_t − λ_s and s1 = λ⁻¹(λ_s + h/2),
+    """Singlestep order 2, r1 = 0.5 (U-ViT's sampler; docs/upstream.md §3.2):
+    with h = λ_t − λ_s and s1 = λ⁻¹(λ_s + h/2),
     x_s1 = (σ_s1/σ_s) x − α_s1 expm1(−h/2) D(x, s);
     x_t = (σ_t/σ_s) x − α_t expm1(−h) D(x, s) − α_t expm1(−h) (D(x_s1, s1) − D(x, s))."""
 

@@ -1,6 +1,7 @@
 """Noise schedules and timestep spacing.
 
-* DiT / ADM: 1000-step linear betas 1e-4..0.02, respaced with `space_timesteps(1000, "N")` semantics (docs/upstream.md §1.4).
+* DiT / ADM: 1000-step linear betas 1e-4..0.02, respaced with `space_timesteps(1000, "N")` semantics
+  (docs/upstream.md §1.4).
 * U-ViT: Stable Diffusion's "scaled linear" betas, and DPM-Solver's continuous-time `NoiseScheduleVP('discrete')`:
   log α(t) is piecewise linear on the grid t = n/1000, n = 1..1000 (Lu et al. 2022, App. of DPM-Solver).
 """
