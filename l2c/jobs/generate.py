@@ -87,11 +87,12 @@ def generate(
         raise ValueError("give a cache plan or a run-time cache, not both")
     if config.compile and runtime_cache is not None:
         raise ValueError("compiled sampling runs a cache plan (or none), not a run-time cache")
-    if config.compile:  # compiled blocks, with or without a plan (CompiledCache runs the plan itself)
+    if runtime_cache is not None:
+        engine = runtime_cache(model)
+    elif config.compile:  # compiled blocks, with or without a plan (CompiledCache runs the plan itself)
         engine = CompiledCache(model, plan, config.compile_mode)
     else:
         engine = CacheEngine(model, plan) if plan is not None else None
-    engine = runtime_cache(model) if runtime_cache is not None else engine
     out = []
     try:
         batches = range(0, len(seeds), config.batch_size)

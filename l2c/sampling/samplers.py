@@ -136,7 +136,7 @@ class DDPM(DDIM):
 
     def __init__(self, timesteps, alphas_cumprod, time_offset=0, eta=0.0):
         super().__init__(timesteps, alphas_cumprod, time_offset)
-        self.stochastic = True
+        self.stochastic = True  # DDIM's __init__ set it from η
         self.posterior = Posterior(self.abar)
 
     def step(self, denoise, x, i, history, randn_like=None):
