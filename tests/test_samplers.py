@@ -22,7 +22,8 @@ def toy_denoise(x, t, j):  # a smooth stand-in for a model, with 2C outputs (ε 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_sample_is_the_loop_over_step(name):
-    sampler = make_sampler(name, 6, default_spec("uvit" if name.startswith("dpm") else "dit"), eta=0.3)
+    eta = 0.0 if name.startswith("diffusers") else 0.3  # diffusers schedulers run their deterministic update
+    sampler = make_sampler(name, 6, default_spec("uvit" if name.startswith("dpm") else "dit"), eta=eta)
     x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
     noise_a, noise_b = StackedRandomGenerator([1, 2, 3]), StackedRandomGenerator([1, 2, 3])
     seen = []
@@ -53,9 +54,21 @@ def test_cli_sampler_choices_come_from_the_table():
         assert parser.parse_args(["sample", "--sampler", name]).sampler == name
 
 
-@pytest.mark.parametrize("name,m", [("ddim", 3), ("dpm-solver-2", 4), ("ddpm", 3)])
+@pytest.mark.parametrize(
+    "name,m",
+    [
+        ("ddim", 3),
+        ("dpm-solver-2", 4),
+        ("ddpm", 3),
+        ("dpm-solver-2m", 3),
+        ("diffusers-ddim", 3),
+        ("diffusers-dpmpp-2m", 3),
+    ],
+)
 def test_router_training_steps_with_the_sampling_step(name, m):
-    """The solver step into cache evaluation m is the sampler's `step`, and it lands where sampling's step does."""
+    """The solver step into cache evaluation m is the sampler's `step`, it evaluates the model only at the
+    evaluations before m (so the cache holds m − 1's outputs: a multistep solver once also evaluated m itself inside
+    that step, which made every caching error zero), and it lands where sampling's step does."""
     arch = "uvit" if name.startswith("dpm") else "dit"
     torch.manual_seed(0)
     model = create_model("U-ViT-tiny" if arch == "uvit" else "DiT-tiny").double().eval().requires_grad_(False)
@@ -64,8 +77,10 @@ def test_router_training_steps_with_the_sampling_step(name, m):
     sampler = make_sampler(name, 6, default_spec(arch))
     calls, original = [], sampler.step
 
+    evaluated = []
+
     def spy(denoise, x, i, history, randn_like=None):
-        out = original(denoise, x, i, history, randn_like)
+        out = original(lambda x, t, j: (evaluated.append(j), denoise(x, t, j))[1], x, i, history, randn_like)
         calls.append((i, x.clone(), out.clone()))
         return out
 
@@ -82,6 +97,7 @@ def test_router_training_steps_with_the_sampling_step(name, m):
     assert len(calls) == 1
     i, x_s, x_m = calls[0]
     assert i == sampler.step_into(m)
+    assert evaluated == list(range(m - sampler.evaluations_per_step, m))
     sampler.step = original
     again = sampler.step(lambda x, t, j: model(x, t, y), x_s, i, {}, draw)
     assert torch.equal(again, x_m)

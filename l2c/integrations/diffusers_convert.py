@@ -27,6 +27,7 @@ docs/diffusers.md gives the measured effect on the bundled dit-mnist.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -35,7 +36,9 @@ from pathlib import Path
 
 import torch
 
-from ..models import DiT
+from ..models import MODELS, DiT
+from ..sampling.diffusion import DiffusionSpec
+from ..sampling.samplers import scheduler_settings
 
 _TIME_PREFIX = "norm1.emb.timestep_embedder"
 _LABEL_KEY = "norm1.emb.class_embedder.embedding_table.weight"
@@ -111,7 +114,8 @@ def set_timestep_shift(transformer, shift: float) -> None:
 def dit_to_diffusers(model: DiT, exact_timestep_embedding: bool = False):
     """A DiTTransformer2DModel (eval mode, same dtype) computing what `model` computes; see the module doc.
 
-    exact_timestep_embedding=True sets the frequency shift to DiT's (in memory only; lost by save_pretrained).
+    exact_timestep_embedding=True sets the frequency shift to the model's own (DiT's 0, unless the model came from
+    diffusers; in memory only, lost by save_pretrained).
     """
     if not isinstance(model, DiT):
         raise TypeError(f"dit_to_diffusers converts an l2c DiT, got {type(model).__name__}")
@@ -120,7 +124,7 @@ def dit_to_diffusers(model: DiT, exact_timestep_embedding: bool = False):
     with torch.no_grad():
         transformer.pos_embed.pos_embed.copy_(model.pos_embed)
     if exact_timestep_embedding:
-        set_timestep_shift(transformer, 0)
+        set_timestep_shift(transformer, model.t_embedder.frequency_shift)
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:  # diffusers warns on any .to(dtype), even a no-op one
         transformer = transformer.to(dtype)
@@ -200,6 +204,8 @@ def diffusers_to_dit(transformer) -> DiT:
             ours[f"{mine}mlp.fc1.{kind}"] = sd[f"{theirs}ff.net.0.proj.{kind}"]
             ours[f"{mine}mlp.fc2.{kind}"] = sd[f"{theirs}ff.net.2.{kind}"]
     model.load_state_dict(ours, strict=True)
+    # The frequency spacing of the timestep embedding, so that the forward is diffusers' (DiT's own is shift 0).
+    model.t_embedder.frequency_shift = float(transformer.transformer_blocks[0].norm1.emb.time_proj.downscale_freq_shift)
     eps = cfg.get("norm_eps", 1e-5)
     for block in model.blocks:  # diffusers' norm3 eps (an attribute, not a weight), so the forward matches
         block.norm2.eps = eps
@@ -212,17 +218,8 @@ L2C_META = "l2c.json"  # beside config.json: where the model came from and how i
 
 def ddim_scheduler_config(diffusion: dict) -> dict:
     """diffusers DDIMScheduler settings for our linear / scaled-linear ε-models fed the index t (time_offset 0)."""
-    linear = diffusion.get("schedule", "linear") == "linear"
-    return dict(
-        num_train_timesteps=diffusion.get("num_timesteps", 1000),
-        beta_schedule="linear" if linear else "scaled_linear",
-        beta_start=1e-4 if linear else 0.00085,
-        beta_end=0.02 if linear else 0.012,
-        prediction_type="epsilon",
-        clip_sample=False,
-        set_alpha_to_one=True,  # DDIM's last step to ᾱ = 1, as ours
-        steps_offset=0,
-    )
+    keys = ("schedule", "time_offset", "num_timesteps")
+    return scheduler_settings(DiffusionSpec(**{k: v for k, v in diffusion.items() if k in keys}))
 
 
 def export_diffusers(model: DiT, out_dir: str | Path, meta: dict | None = None) -> Path:
@@ -272,22 +269,57 @@ def is_diffusers_folder(path: str | Path) -> bool:
 def load_diffusers_folder(path: str | Path, as_dit: bool = True):
     """(model, meta) from a diffusers transformer folder, or a pipeline folder with a transformer/ subfolder.
 
-    as_dit=True converts to our DiT (for every l2c command); False returns the DiTTransformer2DModel itself.
-    meta: "diffusion" (from l2c.json, else the scheduler config, else DiT's linear schedule), "preset", "path".
+    as_dit=True converts to our DiT (for every l2c command; it keeps diffusers' timestep embedding, so it computes what
+    the folder's model computes); False returns the DiTTransformer2DModel itself.
+    meta: "diffusion" (from l2c.json, else the scheduler config, else DiT's linear schedule; with the folder's
+    scheduler config, which the diffusers-* samplers use), "preset" (l2c.json's, else the preset of the same shape),
+    "path" (the weights file, for the checksum routers record), "folder".
     """
     path = Path(path)
     if not is_diffusers_folder(path):
         raise FileNotFoundError(f"{path} is not a diffusers folder (no config.json or transformer/config.json)")
     root = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
-    transformer = _diffusers().DiTTransformer2DModel.from_pretrained(root).eval().requires_grad_(False)
-    meta = {"path": str(path), "preset": None, "diffusion": _diffusion_from_folder(path, root)}
+    transformer = (
+        _diffusers().DiTTransformer2DModel.from_pretrained(root, low_cpu_mem_usage=False).eval().requires_grad_(False)
+    )
+    diffusion, scheduler_config = _diffusion_from_folder(path, root)
+    preset = None
     if (root / L2C_META).is_file():
         info = json.loads((root / L2C_META).read_text())
-        meta.update(preset=info.get("preset"), diffusion=info.get("diffusion", meta["diffusion"]))
-    return (diffusers_to_dit(transformer) if as_dit else transformer), meta
+        preset, diffusion = info.get("preset"), info.get("diffusion", diffusion)
+    model = diffusers_to_dit(transformer)
+    weights = sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
+    meta = {
+        "path": str(weights[0]) if weights else None,
+        "folder": str(path),
+        "preset": preset or _preset_of(model),
+        "diffusion": {**diffusion, "scheduler_config": scheduler_config},
+    }
+    return (model if as_dit else transformer), meta
 
 
-def _diffusion_from_folder(path: Path, root: Path) -> dict:
+def _preset_of(model: DiT) -> str:
+    """The preset with this model's shape (for MAC counts and conventions), or a clear refusal."""
+    defaults = {k: v.default for k, v in inspect.signature(DiT).parameters.items()}
+    shape = dict(
+        input_size=model.input_size,
+        patch_size=model.patch_size,
+        in_channels=model.in_channels,
+        hidden_size=model.pos_embed.shape[-1],
+        depth=len(model.blocks),
+        num_heads=model.blocks[0].attn.num_heads,
+        mlp_ratio=model.blocks[0].mlp.fc1.out_features / model.pos_embed.shape[-1],
+        num_classes=model.num_classes,
+        learn_sigma=model.learn_sigma,
+    )
+    for name, preset in MODELS.items():
+        if preset.arch == "dit" and all({**defaults, **preset.kwargs}[k] == v for k, v in shape.items()):
+            return name
+    raise ValueError(f"no l2c DiT preset has the shape of this diffusers model ({shape})")
+
+
+def _diffusion_from_folder(path: Path, root: Path) -> tuple[dict, str | None]:
+    """(diffusion spec fields, the scheduler config as JSON text or None) of a folder."""
     for candidate in (root / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
         if candidate.is_file():
             cfg = json.loads(candidate.read_text())
@@ -296,5 +328,6 @@ def _diffusion_from_folder(path: Path, root: Path) -> dict:
             schedule = cfg.get("beta_schedule", "linear")
             if schedule not in ("linear", "scaled_linear"):
                 raise ValueError(f"{candidate}: beta_schedule {schedule!r}; l2c knows 'linear' and 'scaled_linear'")
-            return {"schedule": schedule, "time_offset": 0, "num_timesteps": cfg.get("num_train_timesteps", 1000)}
-    return {"schedule": "linear", "time_offset": 0, "num_timesteps": 1000}
+            spec = {"schedule": schedule, "time_offset": 0, "num_timesteps": cfg.get("num_train_timesteps", 1000)}
+            return spec, json.dumps(cfg, sort_keys=True)
+    return {"schedule": "linear", "time_offset": 0, "num_timesteps": 1000}, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..integrations.diffusers_convert import is_diffusers_folder, load_diffusers_folder
 from ..models import MODELS, architecture_of, create_model
 from ..models.checkpoints import BUNDLED, load_model
 from ..sampling.diffusion import DiffusionSpec, default_spec
@@ -12,13 +13,18 @@ from ..sampling.diffusion import DiffusionSpec, default_spec
 def load_for_sampling(
     name: str, ckpt: str | None = None, random_init: bool = False, schedule: str | None = None, device="cpu"
 ) -> tuple[torch.nn.Module, DiffusionSpec, dict]:
-    """(model, diffusion spec, metadata) of a bundled model or a preset; `schedule` overrides the β schedule."""
-    if (ckpt or name in BUNDLED) and random_init:
+    """(model, diffusion spec, metadata) of a bundled model, a preset, or a diffusers folder (`name` a path: a
+    DiTTransformer2DModel or a pipeline folder, converted to our DiT); `schedule` overrides the β schedule."""
+    if (ckpt or name in BUNDLED or is_diffusers_folder(name)) and random_init:
         raise ValueError("--random-init asks for no weights, but the model has some: drop --random-init or --ckpt")
     if name in BUNDLED:
         if ckpt:
             raise ValueError(f"{name} is a bundled model and brings its weights: drop --ckpt (or name a preset)")
         model, meta = load_model(name)
+    elif is_diffusers_folder(name):
+        if ckpt:
+            raise ValueError(f"{name} is a diffusers folder and brings its weights: drop --ckpt")
+        model, meta = load_diffusers_folder(name)
     elif name not in MODELS:
         raise ValueError(f"unknown model {name!r}; bundled: {', '.join(BUNDLED)}; presets: {', '.join(MODELS)}")
     elif ckpt:
@@ -31,7 +37,7 @@ def load_for_sampling(
     if "diffusion" in meta:
         spec = DiffusionSpec(**meta["diffusion"])
         if schedule:
-            spec = DiffusionSpec(schedule, spec.time_offset, spec.num_timesteps)
+            spec = DiffusionSpec(schedule, spec.time_offset, spec.num_timesteps)  # the folder's scheduler is dropped
     else:
         spec = default_spec(architecture_of(model), schedule)
     return model.to(device), spec, meta

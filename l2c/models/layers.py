@@ -15,13 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, dtype=torch.float32) -> torch.Tensor:
+def timestep_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10000.0, dtype=torch.float32, frequency_shift: float = 0.0
+) -> torch.Tensor:
     """Sinusoidal embedding [cos | sin] of (possibly fractional) timesteps t: (N,) -> (N, dim).
 
+    Frequencies exp(−ln(max_period)·i / (dim/2 − frequency_shift)): DiT's shift is 0; diffusers' DiT port uses 1, and
+    a model converted from diffusers keeps it so that it computes what the diffusers model computes.
     Computed in float32 as upstream; `dtype` = float64 only for float64 models (reference tests).
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
+    span = half - frequency_shift if frequency_shift else half  # shift 0: exactly upstream's integer divisor
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / span)
     args = t[:, None].to(dtype) * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -96,6 +101,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
+        self.frequency_shift = 0.0  # not a weight: set by diffusers_to_dit (diffusers' DiT uses 1)
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
@@ -103,7 +109,10 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         dtype = self.mlp[0].weight.dtype
         emb = timestep_embedding(
-            t, self.frequency_embedding_size, dtype=torch.float64 if dtype == torch.float64 else torch.float32
+            t,
+            self.frequency_embedding_size,
+            dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+            frequency_shift=self.frequency_shift,
         )
         return self.mlp(emb.to(dtype))
 

@@ -24,6 +24,9 @@ class DiffusionSpec:
     schedule: str = "linear"  # "linear" (DiT / ADM) or "scaled_linear" (Stable Diffusion, U-ViT ImageNet)
     time_offset: int = 0  # 0: model time = index t (DiT); 1: model time = t + 1 (U-ViT's n = 1..T)
     num_timesteps: int = 1000
+    # A diffusers folder's scheduler_config.json (JSON text), which the diffusers-* samplers start from; None:
+    # diffusers' defaults for this schedule (scheduler_settings).
+    scheduler_config: str | None = None
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:

@@ -15,6 +15,7 @@ j in sampling order (0 = first, noisiest) — the index a cache plan is written 
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -235,30 +236,122 @@ class DPMSolver2M(_DPMSolver):
         return self.outer_times[j]
 
     def step(self, denoise, x, i, history, randn_like=None):
+        # Evaluation i happens at the start of step i, never at the end of step i − 1: router training enters step
+        # m − 1 from a noised image and needs the evaluation before m to be m − 1's (what the cache then holds).
         ns, times, steps = self.schedule, self.outer_times, self.num_steps
-        if i == 0:
-            history["models"] = [self._data_prediction(denoise, x, times[0], 0)]
-        models = history["models"]
+        models = history.setdefault("models", [])  # data predictions of the last two evaluations
+        models.append(self._data_prediction(denoise, x, times[i], i))
+        del models[:-2]
         lam = lambda n: ns.marginal_lambda(times[n].double())  # noqa: E731
         t = times[i + 1].double()
         sig_prev, sig_t = ns.marginal_std(times[i].double()).item(), ns.marginal_std(t).item()
         a_t = ns.marginal_alpha(t).item()
         h = lam(i + 1) - lam(i)
         phi_1 = torch.expm1(-h).item()
-        order = 1 if i == 0 else 2
+        order = 1 if len(models) < 2 else 2  # first-order first step (also when entered from a noised image)
         if self.lower_order_final and steps < 10:
             order = min(order, steps - i)
         x = (sig_t / sig_prev) * x - (a_t * phi_1) * models[-1]
         if order == 2:
             r0 = ((lam(i) - lam(i - 1)) / h).item()
             x = x - 0.5 * (a_t * phi_1) * (1.0 / r0) * (models[-1] - models[-2])
-        if i + 1 < steps:
-            history["models"] = [models[-1], self._data_prediction(denoise, x, times[i + 1], i + 1)]
-        history["denoised"] = history["models"][-1]
+        history["denoised"] = models[-1]
         return x
 
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDIM, DDPM, DPMSolver2S, DPMSolver2M)}
+# --------------------------------------------------------------------------------------------- diffusers schedulers
+def scheduler_settings(spec: DiffusionSpec) -> dict:
+    """diffusers scheduler settings for a model of `spec` (ε-prediction, its β schedule), as `l2c export-diffusers`
+    writes them: DDIMScheduler's defaults otherwise ("leading" spacing, the last step to ᾱ = 1)."""
+    linear = spec.schedule == "linear"
+    return dict(
+        num_train_timesteps=spec.num_timesteps,
+        beta_schedule="linear" if linear else "scaled_linear",
+        beta_start=1e-4 if linear else 0.00085,
+        beta_end=0.02 if linear else 0.012,
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+    )
+
+
+class DiffusersScheduler(Sampler):
+    """A diffusers scheduler as a sampler: what a pipeline's own loop computes, so that a router is trained for (and
+    sampled with) the timesteps and update rule of the scheduler the pipeline runs.
+
+    Built from the model's folder (spec.scheduler_config) or from scheduler_settings(spec), with `overrides` on top.
+    Evaluation j is the scheduler's timesteps[j]; the model is fed that timestep (+ the spec's time offset). A step
+    taken from a fresh state (router training enters a step from a noised image) starts a fresh copy of the scheduler,
+    which a multistep scheduler treats as its first step: first order, as `DPMSolver2M` does at i = 0.
+    """
+
+    scheduler_class: ClassVar[str]
+    overrides: ClassVar[dict] = {}
+
+    def __init__(self, scheduler, steps: int, time_offset: int = 0):
+        if getattr(scheduler, "order", 1) != 1:
+            raise ValueError(
+                f"{type(scheduler).__name__} calls the model {scheduler.order} times per step; l2c "
+                "drives single-call schedulers (DDIM, DPM-Solver multistep, Euler)"
+            )
+        scheduler.set_timesteps(steps)
+        self.scheduler = scheduler
+        self.timesteps = [int(t) for t in scheduler.timesteps]
+        self.num_steps = len(self.timesteps)
+        self.time_offset = time_offset
+
+    @classmethod
+    def for_spec(cls, steps: int, spec: DiffusionSpec, eta: float = 0.0):
+        import json
+
+        try:
+            import diffusers
+        except ImportError as e:
+            raise ValueError(f"sampler {cls.name} is a diffusers scheduler: pip install diffusers") from e
+        if eta:
+            raise ValueError(f"sampler {cls.name} runs the scheduler's deterministic update: drop --eta")
+        config = json.loads(spec.scheduler_config) if spec.scheduler_config else scheduler_settings(spec)
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        scheduler = getattr(diffusers, cls.scheduler_class).from_config({**config, **cls.overrides})
+        return cls(scheduler, steps, spec.time_offset)
+
+    def model_time(self, j, batch, device="cpu"):
+        return torch.full((batch,), self.timesteps[j] + self.time_offset, dtype=torch.long, device=device)
+
+    def training_time(self, j, batch, device="cpu"):
+        return self.model_time(j, batch, device)
+
+    def noised(self, x0, i, noise):
+        return self.scheduler.add_noise(x0, noise, torch.tensor([self.timesteps[i]]))
+
+    def step(self, denoise, x, i, history, randn_like=None):
+        if "scheduler" not in history:  # a copy per run: the pipeline's scheduler state starts clean every call
+            history["scheduler"] = copy.deepcopy(self.scheduler)
+        scheduler, t = history["scheduler"], self.timesteps[i]
+        model_in = scheduler.scale_model_input(x, t)
+        eps = denoise(model_in, self.model_time(i, x.shape[0], x.device), i)[:, : x.shape[1]]
+        out = scheduler.step(eps, t, x)
+        history["denoised"] = getattr(out, "pred_original_sample", None)
+        return out.prev_sample
+
+
+class DiffusersDDIM(DiffusersScheduler):
+    name = "diffusers-ddim"
+    scheduler_class = "DDIMScheduler"
+
+
+class DiffusersDPMSolverMultistep(DiffusersScheduler):
+    """DPMSolverMultistepScheduler as pipelines configure it: DPM-Solver++, order 2."""
+
+    name = "diffusers-dpmpp-2m"
+    scheduler_class = "DPMSolverMultistepScheduler"
+    overrides = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.name: cls for cls in (DDIM, DDPM, DPMSolver2S, DPMSolver2M, DiffusersDDIM, DiffusersDPMSolverMultistep)
+}
 
 
 def make_sampler(name: str, steps: int, spec: DiffusionSpec, eta: float = 0.0) -> Sampler:

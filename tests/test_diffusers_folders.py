@@ -1,0 +1,94 @@
+"""A diffusers folder as --model: the converted model computes what the folder's transformer computes, and the
+diffusers-* samplers are the loop a diffusers user writes with that scheduler, so a router trained for them is trained
+for the pipeline's own timesteps and update rule."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler  # noqa: E402
+
+from l2c.cache import CacheEngine  # noqa: E402
+from l2c.cache.schedules import taylorseer  # noqa: E402
+from l2c.cli import main  # noqa: E402
+from l2c.integrations.diffusers import apply, export_diffusers, load_diffusers_folder  # noqa: E402
+from l2c.jobs.loading import load_for_sampling  # noqa: E402
+from l2c.models import create_model  # noqa: E402
+from l2c.router.files import load_router  # noqa: E402
+from l2c.sampling import make_sampler  # noqa: E402
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.manual_seed(3)
+    model = create_model("DiT-tiny")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "pos_embed":
+                p.normal_(0, 0.2)
+    out = tmp_path_factory.mktemp("folders") / "dit-tiny"
+    diffusion = {"schedule": "linear", "time_offset": 0, "num_timesteps": 1000}
+    export_diffusers(model.eval(), out, {"preset": "DiT-tiny", "diffusion": diffusion})
+    return out
+
+
+def test_folder_model_computes_what_the_folder_computes(folder):
+    model, spec, meta = load_for_sampling(str(folder))
+    transformer, _ = load_diffusers_folder(folder, as_dit=False)
+    assert meta["preset"] == "DiT-tiny" and meta["path"].endswith(".safetensors")
+    assert model.t_embedder.frequency_shift == 1.0  # diffusers' spacing, kept
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, y = torch.tensor([0, 1, 50, 500, 999]), torch.tensor([0, 3, 9, 10, 4])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y), transformer(x, timestep=t, class_labels=y).sample)
+    assert json.loads(spec.scheduler_config)["_class_name"] == "DDIMScheduler"
+
+
+def hand_loop(transformer, scheduler, x, y, steps=STEPS):
+    """The loop a diffusers user writes (no guidance, ε = the first channels of a learned-σ output)."""
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        eps = transformer(x, timestep=t.expand(len(x)), class_labels=y).sample[:, : x.shape[1]]
+        x = scheduler.step(eps, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("name", ["diffusers-ddim", "diffusers-dpmpp-2m"])
+def test_diffusers_samplers_are_the_pipeline_loop(folder, name):
+    model, spec, _ = load_for_sampling(str(folder))
+    transformer, _ = load_diffusers_folder(folder, as_dit=False)
+    scheduler = DDIMScheduler.from_pretrained(folder)
+    if name == "diffusers-dpmpp-2m":
+        scheduler = DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
+    x, y = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 2, 3, 4])
+    sampler = make_sampler(name, STEPS, spec)
+    with torch.no_grad():
+        theirs = hand_loop(transformer, scheduler, x, y)
+        ours = sampler.sample(lambda x, t, j: model(x, t, y), x)
+        assert torch.equal(ours, theirs)
+        # twice: every run starts from a clean scheduler state
+        assert torch.equal(sampler.sample(lambda x, t, j: model(x, t, y), x), theirs)
+        # cached: a plan through l2c's engine on the converted model = the same plan through l2c.apply on the
+        # diffusers transformer in the hand-written loop
+        plan = taylorseer(STEPS, 2 * len(model.blocks), 2, 1)
+        with CacheEngine(model, plan) as engine:
+            ours_cached = sampler.sample(engine.wrap(lambda x, t, j: model(x, t, y)), x)
+        with apply(transformer, plan, scheduler=scheduler):
+            theirs_cached = hand_loop(transformer, scheduler, x, y)
+    assert not torch.allclose(ours_cached, ours)
+    torch.testing.assert_close(ours_cached, theirs_cached, rtol=1e-5, atol=1e-5)
+
+
+def test_train_router_on_a_folder_records_its_scheduler(folder, tmp_path):
+    out = tmp_path / "router.safetensors"
+    common = ["--model", str(folder), "--steps", "4", "--iterations", "2", "--batch-size", "2"]
+    data = ["--data", "generated", "--generated-images", "4"]
+    assert main(["train-router", *common, *data, "--sampler", "diffusers-dpmpp-2m", "--out", str(out)]) == 0
+    _, meta = load_router(out)
+    assert meta["sampler"] == "diffusers-dpmpp-2m" and meta["model"] == "DiT-tiny"
+    assert main(["train-router", *common, "--ckpt", str(out), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert main(["train-router", "--model", str(tmp_path), "--out", str(tmp_path / "y.safetensors")]) == 2
