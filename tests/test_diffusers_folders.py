@@ -18,6 +18,7 @@ from l2c.jobs.loading import load_for_sampling  # noqa: E402
 from l2c.models import create_model  # noqa: E402
 from l2c.router.files import load_router  # noqa: E402
 from l2c.sampling import make_sampler  # noqa: E402
+from l2c.sampling.samplers import default_sampler  # noqa: E402
 
 STEPS = 6
 
@@ -46,6 +47,7 @@ def test_folder_model_computes_what_the_folder_computes(folder):
     with torch.no_grad():
         assert torch.equal(model(x, t, y), transformer(x, timestep=t, class_labels=y).sample)
     assert json.loads(spec.scheduler_config)["_class_name"] == "DDIMScheduler"
+    assert default_sampler(model, spec) == "diffusers-ddim"  # the folder's scheduler, unless --sampler says else
 
 
 def hand_loop(transformer, scheduler, x, y, steps=STEPS):
@@ -90,5 +92,14 @@ def test_train_router_on_a_folder_records_its_scheduler(folder, tmp_path):
     assert main(["train-router", *common, *data, "--sampler", "diffusers-dpmpp-2m", "--out", str(out)]) == 0
     _, meta = load_router(out)
     assert meta["sampler"] == "diffusers-dpmpp-2m" and meta["model"] == "DiT-tiny"
+    transformer, _ = load_diffusers_folder(folder, as_dit=False)
+    ddim = DDIMScheduler.from_pretrained(folder)
+    with pytest.raises(ValueError, match="trained for DPMSolverMultistepScheduler"):
+        apply(transformer, out, scheduler=ddim)  # another scheduler: refused before anything is attached
+    assert not any(m._forward_pre_hooks for m in transformer.modules())
+    apply(transformer, out, scheduler=DPMSolverMultistepScheduler.from_config(ddim.config)).remove()
+    grid = tmp_path / "grid.png"
+    sample = ["sample", "--model", str(folder), "--steps", "4", "--seeds", "0-1", "--classes", "1", "--out", str(grid)]
+    assert main([*sample, "--sampler", "diffusers-dpmpp-2m", "--router", str(out)]) == 0 and grid.is_file()
     assert main(["train-router", *common, "--ckpt", str(out), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert main(["train-router", "--model", str(tmp_path), "--out", str(tmp_path / "y.safetensors")]) == 2

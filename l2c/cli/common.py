@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..jobs.generate import SampleConfig
-from ..models import MODELS, conventions
-from ..sampling.samplers import SAMPLERS
+from ..models import MODELS
+from ..sampling.samplers import SAMPLERS, default_sampler
 from ..utils.precision import PRECISIONS
 
 
@@ -18,7 +18,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="dit-mnist",
-        help=f"bundled model (dit-mnist, uvit-mnist) or preset ({', '.join(list(MODELS)[:3])}, ...) with --ckpt",
+        help=f"bundled model (dit-mnist, uvit-mnist), preset ({', '.join(list(MODELS)[:3])}, ...) with --ckpt, or a "
+        "diffusers folder (DiTTransformer2DModel, or a pipeline folder; its scheduler drives --sampler diffusers-*)",
     )
     p.add_argument("--ckpt", default=None, help="checkpoint file for a preset (official .pt/.pth or ours)")
     p.add_argument("--random-init", action="store_true", help="random weights (smoke tests; no --ckpt needed)")
@@ -31,7 +32,8 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
         "--sampler",
         default=None,
         choices=list(SAMPLERS),
-        help="sampler (default: ddim for DiT, dpm-solver-2 for U-ViT)",
+        help="sampler (default: ddim for DiT, dpm-solver-2 for U-ViT; a diffusers folder's own scheduler where "
+        "l2c drives it: diffusers-ddim, diffusers-dpmpp-2m)",
     )
     p.add_argument("--steps", type=int, default=20, help="DDIM/DDPM steps, or NFE for DPM-Solver")
     p.add_argument("--cfg", type=float, default=1.5, help="guidance weight w (1 = off; U-ViT's scale 0.4 = w 1.4)")
@@ -58,9 +60,9 @@ def load_model(args):
     return load_for_sampling(args.model, args.ckpt, args.random_init, args.schedule, args.device)
 
 
-def sample_config(args, model, batch_size: int = 64) -> SampleConfig:
+def sample_config(args, model, spec, batch_size: int = 64) -> SampleConfig:
     return SampleConfig(
-        sampler=args.sampler or conventions(model).sampler,
+        sampler=args.sampler or default_sampler(model, spec),
         steps=args.steps,
         guidance_scale=args.cfg,
         eta=args.eta,

@@ -52,7 +52,7 @@ def run(args) -> int:
     from ..models import conventions
 
     model, spec, meta = load_model(args)
-    config = sample_config(args, model, args.batch_size)
+    config = sample_config(args, model, spec, args.batch_size)
     router, _, threshold = load_router_for(args, model, config)
     macs = profile_macs(meta["preset"])
     mnist_shaped = model.in_channels == 1 and model.input_size == 28

@@ -213,7 +213,7 @@ def run_sweep_command(args) -> int:
     from ..jobs.sweep_store import SweepStore
 
     model, spec, meta = load_model(args)
-    config = sample_config(args, model, args.batch_size)
+    config = sample_config(args, model, spec, args.batch_size)
     settings = settings_of(args, meta, config)
     store = SweepStore(args.out, settings)  # refuses a different run before any work
     ctx = build_context(args, model, spec, meta, config)

@@ -53,7 +53,9 @@ def run(args) -> int:
     seeds = parse_int_list(args.seeds)
     labels = parse_int_list(args.classes)
     classes = [labels[i % len(labels)] for i in range(len(seeds))]
-    config = replace(sample_config(args, model, args.batch_size), compile=args.compile, compile_mode=args.compile_mode)
+    config = replace(
+        sample_config(args, model, spec, args.batch_size), compile=args.compile, compile_mode=args.compile_mode
+    )
     plan = None
     if args.router:
         from ..router.budget import router_plan

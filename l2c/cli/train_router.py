@@ -71,7 +71,7 @@ def run(args) -> int:
     from ..jobs.train_router import RouterJob, batch_source, check_before_training, train_router_job
 
     model, spec, meta = load_model(args)
-    sampling = sample_config(args, model)
+    sampling = sample_config(args, model, spec)
     job = RouterJob(
         sampler=sampling.sampler,
         steps=args.steps,
@@ -122,7 +122,7 @@ def run_schedule(args) -> int:
     if args.max_skip is not None and args.max_skip < 1:
         raise ValueError(f"--max-skip must be >= 1, got {args.max_skip}")
     model, spec, meta = load_model(args)
-    sampler = sample_config(args, model).make_sampler(spec)
+    sampler = sample_config(args, model, spec).make_sampler(spec)
     macs = profile_macs(meta["preset"])
     train_schedule_job(model, meta, sampler, macs, config, Path(args.out), max_skip=args.max_skip)
     return 0

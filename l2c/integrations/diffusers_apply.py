@@ -28,16 +28,22 @@ from ..cache.layout import layout_for, sublayers
 from ..cache.plan import CachePlan
 from ..router import Router, load_router
 from ..router.budget import router_plan
+from ..sampling.samplers import SAMPLERS
 
 DEFAULT_THRESHOLD = 0.5  # the CLI's default θ when neither --threshold nor the router file gives one
 
 
 def resolve_plan(router_or_plan, threshold: float | None = None) -> CachePlan:
     """A CachePlan from a plan, a Router, or a router file path; θ from `threshold`, the file, or 0.5."""
+    return _resolve(router_or_plan, threshold)[0]
+
+
+def _resolve(router_or_plan, threshold: float | None) -> tuple[CachePlan, dict]:
+    """(plan, the router file's metadata, {} for objects)."""
     if isinstance(router_or_plan, CachePlan):
         if threshold is not None:
             raise ValueError("threshold applies to a router, but a CachePlan was given (its choices are made)")
-        return router_or_plan
+        return router_or_plan, {}
     meta = {}
     if isinstance(router_or_plan, (str, Path)):
         router_or_plan, meta = load_router(router_or_plan)
@@ -45,7 +51,18 @@ def resolve_plan(router_or_plan, threshold: float | None = None) -> CachePlan:
         raise TypeError(f"expected a CachePlan, a Router or a router file path, got {type(router_or_plan).__name__}")
     if threshold is None:
         threshold = meta.get("threshold", DEFAULT_THRESHOLD)
-    return router_plan(router_or_plan, meta, threshold)  # the paper's alternation, or a schedule router's plan
+    return router_plan(router_or_plan, meta, threshold), meta  # the alternation, or a schedule router's plan
+
+
+def _check_scheduler(meta: dict, scheduler) -> None:
+    """A router trained for one diffusers scheduler (train-router --sampler diffusers-*) is refused on another: its
+    steps would be other timesteps under another update rule."""
+    trained_for = getattr(SAMPLERS.get(meta.get("sampler")), "scheduler_class", None)
+    if trained_for and scheduler is not None and type(scheduler).__name__ != trained_for:
+        raise ValueError(
+            f"l2c.apply: the router was trained for {trained_for} (sampler {meta['sampler']}), the pipeline runs "
+            f"{type(scheduler).__name__}: train one for it (l2c train-router --sampler diffusers-...)"
+        )
 
 
 def _split(pipe_or_transformer) -> tuple[nn.Module, object | None]:
@@ -212,5 +229,6 @@ def apply(
     transformer, pipe_scheduler = _split(pipe_or_transformer)
     # Follow `pipe.scheduler` (and re-wrap it if replaced later) unless a scheduler was named explicitly.
     pipe = pipe_or_transformer if transformer is not pipe_or_transformer and scheduler is None else None
-    plan = resolve_plan(router_or_plan, threshold)
+    plan, meta = _resolve(router_or_plan, threshold)
+    _check_scheduler(meta, scheduler or pipe_scheduler)
     return DiffusersCache(transformer, plan, scheduler or pipe_scheduler, pipe=pipe, calls_per_step=calls_per_step)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..models import conventions
 from .diffusion import DiffusionSpec
 from .gaussian import Posterior
 from .schedules import NoiseScheduleVP, space_timesteps
@@ -352,6 +353,20 @@ class DiffusersDPMSolverMultistep(DiffusersScheduler):
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls for cls in (DDIM, DDPM, DPMSolver2S, DPMSolver2M, DiffusersDDIM, DiffusersDPMSolverMultistep)
 }
+
+
+def default_sampler(model, spec: DiffusionSpec) -> str:
+    """The sampler a model runs with unless told otherwise: its diffusers folder's scheduler where l2c drives that
+    one (a router is then trained for what the pipeline runs), else its architecture's (DDIM for DiT, DPM-Solver-2
+    for U-ViT)."""
+    if spec.scheduler_config:
+        import json
+
+        name = json.loads(spec.scheduler_config).get("_class_name")
+        for key, sampler in SAMPLERS.items():
+            if getattr(sampler, "scheduler_class", None) == name:
+                return key
+    return conventions(model).sampler
 
 
 def make_sampler(name: str, steps: int, spec: DiffusionSpec, eta: float = 0.0) -> Sampler:
