@@ -103,3 +103,45 @@ def test_macs_count_forecast_arithmetic():
     assert macs.plan_total(plan, "analytic") == (
         sum(macs.per_evaluation(r, "analytic") for r in plan.compute.tolist()) + 6 * 4 * 32 * L
     )
+
+
+@pytest.mark.parametrize("preset", ["DiT-tiny", "U-ViT-tiny"])
+def test_pre_norms_of_skipped_sublayers_are_not_computed(preset, monkeypatch):
+    """A sub-layer the plan does not compute does not read its input, so its pre-norm is skipped too: same outputs
+    bit for bit, LayerNorm calls only for the computed sub-layers (plus the model's own final norm), and the model is
+    restored exactly after detach()."""
+    import l2c.cache.engine as engine_module
+    from l2c.cache import CacheEngine
+    from l2c.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(preset).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "pos_embed" not in name:
+                p.normal_(0, 0.2)
+    L, S = len(engine_module.sublayers(model)), 5
+    actions = torch.full((S, L), F2, dtype=torch.int8)
+    actions[0], actions[3, ::2], actions[4, 1] = C, C, C
+    plan = CachePlan.from_actions(actions)
+    calls = []
+    layer_norm = torch.nn.LayerNorm.forward
+    monkeypatch.setattr(torch.nn.LayerNorm, "forward", lambda self, x: (calls.append(self), layer_norm(self, x))[1])
+    x, y = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
+
+    def run():
+        calls.clear()
+        outs = []
+        with torch.no_grad(), CacheEngine(model, plan) as engine:
+            for j in range(S):
+                engine.begin_step(j)
+                outs.append(model(x, torch.full((2,), 900.0 - 100 * j), y))
+        return torch.stack(outs), len(calls)
+
+    skipping, with_skips = run()
+    monkeypatch.setattr(engine_module, "sublayer_inputs", lambda model: None)  # the engine without the skip
+    plain, without = run()
+    assert torch.equal(skipping, plain)
+    final_norms = without - S * L  # every sub-layer's pre-norm ran without the skip
+    assert with_skips == int(plan.compute.sum()) + final_norms
+    assert not any("forward" in m.__dict__ for m in model.modules())  # detach() restored every module

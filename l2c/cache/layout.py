@@ -19,11 +19,15 @@ from ..models import DiT, UViT
 class BlockLayout:
     blocks: Callable[[nn.Module], list[nn.Module]]  # blocks in execution order
     branches: tuple[str, ...] = ("attn", "mlp")  # child modules whose outputs are cached (pre-gate / pre-residual)
+    # Per branch, the child whose output only that branch reads (its pre-norm), or () where there is none: a plan
+    # that does not compute the branch need not compute it either (DiT: norm1 -> modulate -> attn; U-ViT: norm1 ->
+    # attn).
+    inputs: tuple[str, ...] = ()
 
 
 LAYOUTS: dict[type, BlockLayout] = {
-    DiT: BlockLayout(lambda m: list(m.blocks)),
-    UViT: BlockLayout(lambda m: m.blocks),  # in_blocks, mid_block, out_blocks
+    DiT: BlockLayout(lambda m: list(m.blocks), inputs=("norm1", "norm2")),
+    UViT: BlockLayout(lambda m: m.blocks, inputs=("norm1", "norm2")),  # in_blocks, mid_block, out_blocks
 }
 
 
@@ -85,3 +89,12 @@ def sublayers(model: nn.Module) -> list[nn.Module]:
                 )
             found.append(module)
     return found
+
+
+def sublayer_inputs(model: nn.Module) -> list[nn.Module] | None:
+    """The pre-norm feeding each cacheable sub-layer, in router order, or None where the layout names none
+    (diffusers' DiT: its norm1 also computes the block's adaLN modulation, read by more than attn1)."""
+    layout = layout_for(model)
+    if not layout.inputs:
+        return None
+    return [getattr(block, name) for block in layout.blocks(model) for name in layout.inputs]

@@ -1,8 +1,10 @@
 """The demo: Learning-to-Cache on a bundled MNIST model, end to end, in a few minutes on a CPU.
 
 1. load the bundled model; 2. train a router for its 20-step sampler (Algorithm 1); 3. sample the same seeds without
-and with the cache (real skipping); 4. print NFE, executed sub-layers, MACs, latency (median of repeats, same
-process), speedup, MNIST-FID, class accuracy and PSNR against the uncached images; 5. write grids and the heat-map.
+and with the cache (real skipping), and with the model's bundled learned schedule (every evaluation, reuse or
+forecast, past the paper's 2x cap; `l2c train-router --target-macs`, see SCHEDULES); 4. print NFE, executed
+sub-layers, MACs, latency (median of interleaved repeats, same process), speedup, MNIST-FID, class accuracy and PSNR
+against the uncached images; 5. write grids and the heat-map.
 """
 
 from __future__ import annotations
@@ -18,13 +20,20 @@ from ..cache.plan import CachePlan
 from ..metrics.report import mnist_metrics
 from ..metrics.scores import paired_metrics
 from ..models import architecture_of, conventions
-from ..models.checkpoints import load_model
+from ..models.checkpoints import ASSETS, load_model
+from ..router.budget import router_plan
+from ..router.files import load_router
 from ..router.report import plan_macs, plot_router, router_summary
 from ..sampling.diffusion import DiffusionSpec
 from ..training.train_router import cpu_defaults
 from ..utils.io import atomic_write_text
 from .generate import SampleConfig, generate, save_grid, to_uint8
 from .timing import time_runs
+
+# The learned schedules the demo shows beside the router it trains: trained by the project on the bundled model and
+# committed, because the search takes minutes (commands and measured results: docs/benchmarks.md, "Past the 2x cap").
+#   dit-mnist: l2c train-router --model dit-mnist --steps 20 --target-macs 0.365   (from TaylorSeer N = 3, order 2)
+SCHEDULES = {"dit-mnist": "dit-mnist-schedule-ddim20.safetensors"}
 
 
 def run_demo(
@@ -47,40 +56,41 @@ def run_demo(
     )
     router, threshold = _train_router(model, spec, meta, sampler, model_name, iterations, target_removal, out)
     print(f"      ({time.time() - start:.0f} s so far)")
-    plan = router.to_plan(threshold)
+    arms = {"uncached": None, "L2C cached": router.to_plan(threshold)}
+    schedule = _bundled_schedule(model_name, sampler)
+    if schedule is not None:
+        arms["learned schedule"] = schedule
     config = SampleConfig(sampler=sampler, steps=20, guidance_scale=1.5, batch_size=100)
     seeds = list(range(images))
     classes = [i % 10 for i in range(images)]
-    print(f"[3/4] sampling {images} images without and with the cache")
-    plain = to_uint8(generate(model, spec, seeds, classes, config))
-    cached = to_uint8(generate(model, spec, seeds, classes, config, plan=plan))
-    save_grid(plain[:100], out / "uncached.png", nrow=10, scale=2)
-    save_grid(cached[:100], out / "cached.png", nrow=10, scale=2)
+    print(f"[3/4] sampling {images} images: {', '.join(arms)}")
+    samples = {name: to_uint8(generate(model, spec, seeds, classes, config, plan=plan)) for name, plan in arms.items()}
+    for name, grid in zip(arms, ("uncached.png", "cached.png", "learned.png")):
+        save_grid(samples[name][:100], out / grid, nrow=10, scale=2)
     print(f"      ({time.time() - start:.0f} s so far)")
-    print(f"[4/4] latency: {repeats} interleaved runs of a {min(64, images)}-image batch each")
-    timing = time_runs(
-        {
-            "uncached": lambda: generate(model, spec, seeds[:64], classes[:64], config, progress=False),
-            "cached": lambda: generate(model, spec, seeds[:64], classes[:64], config, plan=plan, progress=False),
-        },
-        repeats=repeats,
-    )
-    rows = _rows(model, meta, router, threshold, plan, plain, cached, classes, timing)
+    batch = min(64, images)
+    print(f"[4/4] latency: {repeats} interleaved runs of a {batch}-image batch each")
+
+    def timed(plan):
+        return lambda: generate(model, spec, seeds[:batch], classes[:batch], config, plan=plan, progress=False)
+
+    timing = time_runs({name: timed(plan) for name, plan in arms.items()}, repeats=repeats)
+    rows = _rows(model, meta, router, threshold, arms, samples, classes, timing)
     for r in rows:
-        r["latency_batch"] = min(64, images)
+        r["latency_batch"] = batch
     print(f"      metrics done ({time.time() - start:.0f} s in all)")
     table = _format(rows, images)
     print(table)
     atomic_write_text(table + "\n", out / "results.md")
     atomic_write_text(json.dumps(rows, indent=2) + "\n", out / "results.json")
-    print(f"wrote {out}/uncached.png, cached.png, router.png, router.safetensors, results.md, results.json")
+    grids = "uncached.png, cached.png" + (", learned.png" if schedule is not None else "")
+    print(f"wrote {out}/{grids}, router.png, router.safetensors, results.md, results.json")
     return 0
 
 
 def _train_router(model, spec, meta, sampler, model_name, iterations, target_removal, out):
     from ..data.mnist import load_mnist, to_model_range
     from ..data.prepared import ArrayDataset
-    from ..router.files import load_router
     from .train_router import RouterJob, train_router_job, unfinished_run
 
     settings = cpu_defaults(architecture_of(model))
@@ -108,21 +118,33 @@ def _train_router(model, spec, meta, sampler, model_name, iterations, target_rem
     return router, router_meta["threshold"]
 
 
-def _rows(model, meta, router, threshold, plan, plain, cached, classes, timing):
+def _bundled_schedule(model_name: str, sampler: str):
+    """The bundled learned schedule's plan for this model and sampler, or None where none is bundled."""
+    if model_name not in SCHEDULES:
+        return None
+    router, meta = load_router(ASSETS / SCHEDULES[model_name])
+    if (meta.get("sampler"), meta.get("steps")) != (sampler, 20):
+        raise ValueError(f"bundled schedule {SCHEDULES[model_name]} is for {meta.get('sampler')}-{meta.get('steps')}")
+    return router_plan(router, meta)
+
+
+def _rows(model, meta, router, threshold, arms, samples, classes, timing):
     macs = profile_macs(meta["preset"])
-    full = CachePlan.full(plan.num_steps, plan.num_sublayers)
+    cached = arms["L2C cached"]
+    full = CachePlan.full(cached.num_steps, cached.num_sublayers)
     summary = router_summary(router, threshold, macs)
     rows = []
-    for name, images, p in (("uncached", plain, full), ("L2C cached", cached, plan)):
-        m = mnist_metrics(images, np.asarray(classes))
-        mac = plan_macs(p, macs)
-        t = timing["uncached" if p is full else "cached"]
+    for name, plan in arms.items():
+        plan = full if plan is None else plan
+        m = mnist_metrics(samples[name], np.asarray(classes))
+        mac = plan_macs(plan, macs)
+        t = timing[name]
         rows.append(
             {
                 "method": name,
-                "nfe": p.num_steps,
-                "executed": int(p.compute.sum()),
-                "total": int(p.compute.numel()),
+                "nfe": plan.num_steps,
+                "executed": int(plan.compute.sum()),
+                "total": int(plan.compute.numel()),
                 "macs_g": mac["macs_paper"] / 1e9,
                 "latency_s": t["median_s"],
                 "latency_min_s": t["min_s"],
@@ -131,7 +153,7 @@ def _rows(model, meta, router, threshold, plan, plain, cached, classes, timing):
                 "class_accuracy": m["class_accuracy"],
                 "precision": m["precision"],
                 "recall": m["recall"],
-                "psnr_db": paired_metrics(images, plain)["psnr_db"],
+                "psnr_db": paired_metrics(samples[name], samples["uncached"])["psnr_db"],
             }
         )
     for r in rows:
