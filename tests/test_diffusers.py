@@ -271,6 +271,28 @@ def test_pixart_cache(pixart):
     assert torch.equal(pixart_loop(pixart, scheduler), reference)  # removed
 
 
+def test_pixart_with_an_odd_number_of_blocks():
+    """3 sub-layers per block: an odd block count gives an odd sub-layer count, which plans accept."""
+    torch.manual_seed(4)
+    one_block = PixArtTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        cross_attention_dim=16,
+        caption_channels=12,
+        sample_size=8,
+        patch_size=2,
+    ).eval()
+    scheduler = DDIMScheduler()
+    reference = pixart_loop(one_block, scheduler)
+    with apply(one_block, CachePlan.full(STEPS, 3), scheduler=scheduler):
+        assert torch.equal(pixart_loop(one_block, scheduler), reference)
+    with apply(one_block, cached_plan(3, reuse=[2]), scheduler=scheduler):
+        assert not torch.allclose(pixart_loop(one_block, scheduler), reference)
+
+
 # --------------------------------------------------------------------------------------------- conversion
 @pytest.fixture(scope="module")
 def dit():

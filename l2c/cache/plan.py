@@ -65,8 +65,9 @@ class CachePlan:
 
     def validate(self) -> None:
         """Raise ValueError unless the plan is well formed (the engine checks again before attaching)."""
-        if self.compute.ndim != 2 or self.compute.shape[1] % 2:
-            raise ValueError(f"a plan is (steps, 2 * blocks) booleans, got shape {tuple(self.compute.shape)}")
+        # (steps, sub-layers): 2 per block for DiT / U-ViT, 3 for PixArt (attn1, attn2, ff), any count in general
+        if self.compute.ndim != 2 or self.compute.shape[1] < 1:
+            raise ValueError(f"a plan is (steps, sub-layers) booleans, got shape {tuple(self.compute.shape)}")
         if not bool(self.compute[0].all()):
             raise ValueError("step 0 of a plan must compute every sub-layer: there is nothing cached yet")
         self._check_actions()

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_output, atomic_write_text
 from .pareto import front_rows, range_sentences
 from .sweep_store import json_safe
 
@@ -134,5 +134,6 @@ def plot_sweep(rows: list[dict], path, title: str = "") -> None:
             break
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_output(path) as tmp:  # a crash mid-write never leaves half a picture under the final name
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
