@@ -151,3 +151,30 @@ def test_learned_method_points_meet_their_budgets(tmp_path):
     assert default.value == 0.6 and plan_fraction(default.plan, macs) <= 0.6
     lower = METHODS["learned"].point(ctx, 0.45)
     assert plan_fraction(lower.plan, macs) <= 0.45 < plan_fraction(default.plan, macs)
+
+
+def test_search_chooses_reuse_or_forecast_per_sublayer():
+    """The search's action moves lower one sub-layer's forecast order (never raising the MACs), and a router file
+    stores the per-sub-layer choice exactly."""
+    from l2c.cache.plan import FORECAST2
+    from l2c.cache.schedules import taylorseer
+    from l2c.router.budget import action_names
+    from l2c.training.schedule_search import refine
+
+    start = taylorseer(6, 4, 3, 2)
+    goal = start.actions.clone()
+    goal[goal[:, 1] == FORECAST2, 1] = REUSE  # sub-layer 1 better reused, everything else as it is
+
+    def error(plan):  # distance to the goal: only the one action move reaches 0
+        return float((plan.actions != goal).sum())
+
+    found, trace = refine(start.actions, error, form="taylorseer", rounds=2, progress=False)
+    assert torch.equal(found, goal) and trace[-1] == 0
+    macs = profile_macs("DiT-tiny")
+    assert plan_fraction(CachePlan.from_actions(found, form="taylorseer"), macs) < plan_fraction(start, macs)
+    names = action_names(found)
+    assert names == ["forecast2", "reuse", "forecast2", "forecast2"]
+    scores = torch.where(found == COMPUTE, 0.9, 0.1).double()
+    assert torch.equal(schedule_plan(scores, 0.5, names, form="taylorseer").actions, found)
+    with pytest.raises(ValueError, match="unknown action"):
+        schedule_plan(scores, 0.5, ["forecast2", "bogus", "reuse", "reuse"])

@@ -12,7 +12,7 @@ import torch
 from ..cache.macs import MacProfile
 from ..cache.plan import COMPUTE, CachePlan
 from ..models import architecture_of
-from ..router.budget import plan_fraction, router_plan, threshold_for_budget
+from ..router.budget import action_names, plan_fraction, router_plan, threshold_for_budget
 from ..router.files import save_router
 from ..router.report import plot_router
 from ..router.router import Router
@@ -61,7 +61,7 @@ def train_schedule_job(
         "sampler": sampler.name,
         "steps": sampler.num_evaluations // sampler.evaluations_per_step,
         "guidance": config.guidance_scale,
-        "action": config.action,
+        "action": action_names(plan.actions),  # one per sub-layer where the search chose differently
         "form": config.form,
         "max_skip": max_skip,
         "threshold": theta,

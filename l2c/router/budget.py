@@ -1,7 +1,8 @@
 """Schedules over every evaluation: a router's scores to a plan that meets a MAC budget exactly.
 
 A schedule router holds one score per (evaluation, sub-layer) for every evaluation after the first (its cache steps
-are 1 .. E − 1) and names, in its file, what a cell that is not computed does (`action`: reuse or forecast1). At
+are 1 .. E − 1) and names, in its file, what a cell that is not computed does (`action`: reuse, forecast1 or
+forecast2, one for all sub-layers or a list with one per sub-layer, as the schedule search chooses them). At
 export the computed cells are taken in order of score until the plan's MACs — counted exactly, forecasting
 arithmetic included — reach the target; the threshold θ between the last taken and the first left score is stored.
 """
@@ -18,16 +19,42 @@ ACTION_CODES = {"reuse": REUSE, "forecast1": FORECAST1, "forecast2": FORECAST2}
 
 
 def schedule_plan(
-    scores: torch.Tensor, threshold: float, action: str, max_skip: int | None = None, form: str = "newton"
+    scores: torch.Tensor, threshold: float, action: str | list[str], max_skip: int | None = None, form: str = "newton"
 ) -> CachePlan:
-    """Compute cell (j, l) iff its score > θ (evaluation 0 always); `action` elsewhere; then force computes where a
-    sub-layer would go more than `max_skip` evaluations in a row without one."""
-    if action not in ACTION_CODES:
-        raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTION_CODES)}")
+    """Compute cell (j, l) iff its score > θ (evaluation 0 always); `action` (or action[l]) elsewhere; then force
+    computes where a sub-layer would go more than `max_skip` evaluations in a row without one."""
     compute = scores > threshold
     compute[0] = True
     compute = _cap(compute, max_skip)
-    return CachePlan.from_actions(torch.where(compute, COMPUTE, ACTION_CODES[action]), form=form, max_skip=max_skip)
+    otherwise = action_codes(action, scores.shape[1]).expand_as(compute)
+    return CachePlan.from_actions(torch.where(compute, COMPUTE, otherwise), form=form, max_skip=max_skip)
+
+
+def action_codes(action: str | list[str], num_sublayers: int) -> torch.Tensor:
+    """(L,) int8 action codes from one action name or one per sub-layer."""
+    names = [action] * num_sublayers if isinstance(action, str) else list(action)
+    unknown = sorted(set(names) - set(ACTION_CODES))
+    if unknown:
+        raise ValueError(f"unknown action {unknown[0]!r}; use one of {', '.join(ACTION_CODES)}")
+    if len(names) != num_sublayers:
+        raise ValueError(f"{len(names)} actions for {num_sublayers} sub-layers")
+    return torch.tensor([ACTION_CODES[a] for a in names], dtype=torch.int8)
+
+
+def action_names(actions: torch.Tensor) -> str | list[str]:
+    """The inverse for an (E, L) action table: the action of each column's non-computed cells, one name when all
+    columns agree. A column must not mix actions (the search never makes one)."""
+    names = {code: name for name, code in ACTION_CODES.items()}
+    per_column = []
+    for column in actions.T.tolist():
+        skipped = {a for a in column if a != COMPUTE}
+        if len(skipped) > 1:
+            raise ValueError(f"a sub-layer mixes actions {sorted(skipped)}: a schedule router stores one per sub-layer")
+        per_column.append(names[skipped.pop()] if skipped else None)
+    chosen = {n for n in per_column if n is not None}
+    default = sorted(chosen)[0] if chosen else "forecast2"
+    per_column = [n or default for n in per_column]  # an always-computed sub-layer: any action, never used
+    return per_column[0] if len(set(per_column)) == 1 else per_column
 
 
 def _cap(compute: torch.Tensor, max_skip: int | None) -> torch.Tensor:
@@ -52,7 +79,7 @@ def threshold_for_budget(
     scores: torch.Tensor,
     target: float,
     macs: MacProfile,
-    action: str,
+    action: str | list[str],
     max_skip: int | None = None,
     form: str = "newton",
 ) -> tuple[float, CachePlan, float]:

@@ -9,9 +9,13 @@ the model without a cache). Moves keep the MACs unchanged:
 
 * step moves: shift one computed evaluation (all sub-layers of it) to a neighbouring evaluation;
 * block moves: shift one block's computation (its attention and MLP together) from one computed evaluation to
-  another evaluation that does not compute it.
+  another evaluation that does not compute it;
+* action moves: what one sub-layer does where it is not computed, lowered one way (second-order forecast -> first
+  order -> reuse): the per-sub-layer choice between forecasting and reuse. A lower order costs fewer element-wise
+  MACs, so these moves never exceed the budget.
 
-A move is kept when the error falls. The result is budget-exact by construction.
+A move is kept when the error falls. The result is budget-exact by construction (MACs equal, or lower for action
+moves).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
-from ..cache.plan import COMPUTE, CachePlan
+from ..cache.plan import COMPUTE, FORECAST1, FORECAST2, REUSE, CachePlan
 from ..sampling import StackedRandomGenerator
 from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
@@ -69,14 +73,13 @@ def refine(
     """Improve an (E, L) action table by budget-neutral moves; returns it and the error after each kept move.
     Moves that break the skip cap are not tried."""
     actions = actions.clone()
-    other = int(actions[actions != COMPUTE][0]) if bool((actions != COMPUTE).any()) else None
-    if other is None:
+    if not bool((actions != COMPUTE).any()):
         return actions, []
     best = error(CachePlan.from_actions(actions, form=form, max_skip=max_skip))
     trace = [best]
     for _ in range(rounds):
         improved = False
-        for candidate in tqdm(list(_moves(actions, other)), desc="schedule search", disable=not progress):
+        for candidate in tqdm(list(_moves(actions)), desc="schedule search", disable=not progress):
             try:
                 plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)
             except ValueError:  # over the cap
@@ -90,16 +93,24 @@ def refine(
     return actions, trace
 
 
-def _moves(actions: torch.Tensor, other: int):
-    """Budget-neutral neighbours: shift a fully computed evaluation by ±1, or one block's computation elsewhere."""
+_LOWER = {FORECAST2: (FORECAST1, REUSE), FORECAST1: (REUSE,), REUSE: ()}
+
+
+def _moves(actions: torch.Tensor):
+    """Budget-neutral neighbours: shift a fully computed evaluation by ±1, or one block's computation elsewhere; and
+    lower one sub-layer's action where it is not computed."""
     E, L = actions.shape
     computed = actions == COMPUTE
+    # each sub-layer's action where it is not computed (one per column; a column computed throughout keeps none)
+    skip_action = [next((int(a) for a in actions[:, l].tolist() if a != COMPUTE), None) for l in range(L)]
+    fallback = next((a for a in skip_action if a is not None), FORECAST2)
+    skip_row = torch.tensor([fallback if a is None else a for a in skip_action], dtype=actions.dtype)
     full = [j for j in range(1, E) if bool(computed[j].all())]
     for j in full:
         for k in (j - 1, j + 1):
             if 0 < k < E and not bool(computed[k].any()):
                 moved = actions.clone()
-                moved[j], moved[k] = other, COMPUTE
+                moved[j], moved[k] = skip_row, COMPUTE
                 yield moved
     for j in full:
         for block in range(L // 2):
@@ -107,5 +118,10 @@ def _moves(actions: torch.Tensor, other: int):
             for k in (j - 1, j + 1):
                 if 0 < k < E and not bool(computed[k, cols].any()):
                     moved = actions.clone()
-                    moved[j, cols], moved[k, cols] = other, COMPUTE
+                    moved[j, cols], moved[k, cols] = skip_row[cols], COMPUTE
                     yield moved
+    for l, current in enumerate(skip_action):
+        for lower in _LOWER.get(current, ()) if current is not None else ():
+            moved = actions.clone()
+            moved[~computed[:, l], l] = lower
+            yield moved
