@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from l2c.cache import CacheEngine, CachePlan, cache_steps_for
@@ -184,10 +185,10 @@ def test_sampling_under_plan_equals_reference_loop():
         for i, blk in enumerate(model.blocks):
             sh1, sc1, g1, sh2, sc2, g2 = blk.adaLN_modulation(c).chunk(6, dim=1)
             if compute[step, 2 * i]:
-                last[2 * i] = blk.attn(modulate(blk.norm1(h), sh1, sc1))
+                last[2 * i] = blk.attn(modulate(F.layer_norm(h, h.shape[-1:], eps=1e-6), sh1, sc1))
             h = h + g1.unsqueeze(1) * last[2 * i]
             if compute[step, 2 * i + 1]:
-                last[2 * i + 1] = blk.mlp(modulate(blk.norm2(h), sh2, sc2))
+                last[2 * i + 1] = blk.mlp(modulate(F.layer_norm(h, h.shape[-1:], eps=1e-6), sh2, sc2))
             h = h + g2.unsqueeze(1) * last[2 * i + 1]
         eps = model.unpatchify(model.final_layer(h, c))[:, :1]  # learned-sigma channel ignored by DDIM
         a, ap = abar[ts[k]], (abar[ts[k - 1]] if k else 1.0)

@@ -47,6 +47,11 @@ def initial_noise(model) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- upstream DiT / ADM
+def upstream_layer_norm(h):
+    """DiT's norm1 / norm2: nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)."""
+    return torch.nn.functional.layer_norm(h, h.shape[-1:], eps=1e-6)
+
+
 def dit_block_cached(model, x, t, y, reuse: set[int], cache: dict):
     """One DiT forward as the L2C DiT code runs it: each block's attention (router index 2i) and MLP (2i + 1) is
     computed and stored, or taken from the previous evaluation's cache when its index is in `reuse`."""
@@ -57,12 +62,12 @@ def dit_block_cached(model, x, t, y, reuse: set[int], cache: dict):
         if 2 * i in reuse:
             a = cache[2 * i]
         else:
-            a = block.attn(block.norm1(h) * (1 + scale1[:, None]) + shift1[:, None])
+            a = block.attn(upstream_layer_norm(h) * (1 + scale1[:, None]) + shift1[:, None])
         h = h + gate1[:, None] * a
         if 2 * i + 1 in reuse:
             m = cache[2 * i + 1]
         else:
-            m = block.mlp(block.norm2(h) * (1 + scale2[:, None]) + shift2[:, None])
+            m = block.mlp(upstream_layer_norm(h) * (1 + scale2[:, None]) + shift2[:, None])
         h = h + gate2[:, None] * m
         cache[2 * i], cache[2 * i + 1] = a, m
     return model.unpatchify(model.final_layer(h, c))

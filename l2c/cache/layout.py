@@ -20,8 +20,8 @@ class BlockLayout:
     blocks: Callable[[nn.Module], list[nn.Module]]  # blocks in execution order
     branches: tuple[str, ...] = ("attn", "mlp")  # child modules whose outputs are cached (pre-gate / pre-residual)
     # Per branch, the child whose output only that branch reads (its pre-norm), or () where there is none: a plan
-    # that does not compute the branch need not compute it either (DiT: norm1 -> modulate -> attn; U-ViT: norm1 ->
-    # attn).
+    # that does not compute the branch need not compute it either (DiT: norm1 = LayerNorm + adaLN modulate -> attn;
+    # U-ViT: norm1 = LayerNorm -> attn).
     inputs: tuple[str, ...] = ()
 
 

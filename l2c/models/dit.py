@@ -17,21 +17,30 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+class ModulatedLayerNorm(nn.LayerNorm):
+    """LN(x)·(1 + scale) + shift: DiT's pre-norm and its adaLN modulation as one module, whose output only the
+    sub-layer after it reads (so a caller that skips that sub-layer can skip this too). No weights: the
+    state-dict keys are DiT's."""
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return modulate(super().forward(x), shift, scale)
+
+
 class DiTBlock(nn.Module):
     """adaLN-Zero block: x += gate1 * attn(mod(LN(x))); x += gate2 * mlp(mod(LN(x)))."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm1 = ModulatedLayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm2 = ModulatedLayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate="tanh")
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
-        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + gate1.unsqueeze(1) * self.attn(self.norm1(x, shift1, scale1))
+        x = x + gate2.unsqueeze(1) * self.mlp(self.norm2(x, shift2, scale2))
         return x
 
 
