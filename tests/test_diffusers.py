@@ -217,20 +217,24 @@ def test_bare_transformer_counts_and_resets(pipe):
 
 
 # --------------------------------------------------------------------------------------------- PixArt
-@pytest.fixture(scope="module")
-def pixart():
-    torch.manual_seed(1)
+def tiny_pixart(num_layers: int, seed: int):
+    torch.manual_seed(seed)
     return PixArtTransformer2DModel(
         num_attention_heads=2,
         attention_head_dim=8,
         in_channels=4,
         out_channels=8,
-        num_layers=2,
+        num_layers=num_layers,
         cross_attention_dim=16,
         caption_channels=12,
         sample_size=8,
         patch_size=2,
     ).eval()
+
+
+@pytest.fixture(scope="module")
+def pixart():
+    return tiny_pixart(num_layers=2, seed=1)
 
 
 def pixart_loop(transformer, scheduler, steps=STEPS):
@@ -273,18 +277,7 @@ def test_pixart_cache(pixart):
 
 def test_pixart_with_an_odd_number_of_blocks():
     """3 sub-layers per block: an odd block count gives an odd sub-layer count, which plans accept."""
-    torch.manual_seed(4)
-    one_block = PixArtTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=8,
-        num_layers=1,
-        cross_attention_dim=16,
-        caption_channels=12,
-        sample_size=8,
-        patch_size=2,
-    ).eval()
+    one_block = tiny_pixart(num_layers=1, seed=4)
     scheduler = DDIMScheduler()
     reference = pixart_loop(one_block, scheduler)
     with apply(one_block, CachePlan.full(STEPS, 3), scheduler=scheduler):

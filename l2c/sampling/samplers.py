@@ -16,6 +16,7 @@ j in sampling order (0 = first, noisiest) — the index a cache plan is written 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -304,8 +305,6 @@ class DiffusersScheduler(Sampler):
 
     @classmethod
     def for_spec(cls, steps: int, spec: DiffusionSpec, eta: float = 0.0):
-        import json
-
         try:
             import diffusers
         except ImportError as e:
@@ -360,8 +359,6 @@ def default_sampler(model, spec: DiffusionSpec) -> str:
     one (a router is then trained for what the pipeline runs), else its architecture's (DDIM for DiT, DPM-Solver-2
     for U-ViT)."""
     if spec.scheduler_config:
-        import json
-
         name = json.loads(spec.scheduler_config).get("_class_name")
         for key, sampler in SAMPLERS.items():
             if getattr(sampler, "scheduler_class", None) == name:
