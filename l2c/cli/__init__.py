@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.command not in DISTRIBUTED_COMMANDS:
                 raise ValueError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run; start it plainly")
             args.device = distributed.init(args.device)
-        return COMMANDS[args.command].run(args) or 0
+        status = COMMANDS[args.command].run(args) or 0
+        # A process that tears down its gloo group while a peer is still writing can be aborted (SIGABRT) by gloo's
+        # threads; all processes leave together instead.
+        distributed.barrier()
+        return status
     except KeyboardInterrupt:
         return report_interrupt(args.command, args)
     except Exception as e:
