@@ -34,6 +34,7 @@ from l2c.models.checkpoints import load_model  # noqa: E402
 from l2c.sampling import StackedRandomGenerator  # noqa: E402
 from l2c.sampling.diffusion import DiffusionSpec  # noqa: E402
 from l2c.sampling.guidance import guided_denoiser  # noqa: E402
+from l2c.utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -130,6 +131,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     args = parse()
+    keep_freed_memory()  # as the `l2c` command does on a CPU
     if args.threads:
         torch.set_num_threads(args.threads)
     model, meta = load_model(args.model)

@@ -39,6 +39,7 @@ from l2c.models import create_model  # noqa: E402
 from l2c.router.files import import_official  # noqa: E402
 from l2c.router.report import plan_macs  # noqa: E402
 from l2c.sampling.diffusion import default_spec  # noqa: E402
+from l2c.utils.cpu_memory import keep_freed_memory  # noqa: E402
 from l2c.utils.precision import PRECISIONS  # noqa: E402
 
 # model -> (architecture, sampler, guidance w, θ, router file per steps): the paper's settings (spec Tables 1, 2, 8)
@@ -224,6 +225,7 @@ def _num(value, spec: str) -> str:
 
 def main() -> None:
     args = parse()
+    keep_freed_memory()  # as the `l2c` command does on a CPU
     device = torch.device(args.device)
     rows = []
     for name in args.models.split(","):

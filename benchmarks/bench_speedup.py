@@ -28,6 +28,7 @@ from l2c.jobs.loading import load_for_sampling  # noqa: E402
 from l2c.jobs.timing import device_name, time_runs  # noqa: E402
 from l2c.router.files import load_router  # noqa: E402
 from l2c.router.report import plan_macs  # noqa: E402
+from l2c.utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -68,6 +69,7 @@ def make_plan(args, model) -> CachePlan:
 
 def main() -> None:
     args = parse()
+    keep_freed_memory()  # as the `l2c` command does on a CPU
     if args.threads:
         torch.set_num_threads(args.threads)
     model, spec, meta = load_for_sampling(args.model, args.ckpt, args.random_init, args.schedule, args.device)

@@ -92,6 +92,7 @@ from l2c.metrics.classifier import classify, load_classifier  # noqa: E402
 from l2c.metrics.report import reference_statistics  # noqa: E402
 from l2c.metrics.scores import class_accuracy  # noqa: E402
 from l2c.sampling.seeds import StackedRandomGenerator  # noqa: E402
+from l2c.utils.cpu_memory import keep_freed_memory  # noqa: E402
 from l2c.utils.io import atomic_output, atomic_write_json, atomic_write_text  # noqa: E402
 
 FAMILIES = ("l2c", "cache-dit", "diffusers")
@@ -679,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in notes:
         print(note)
+    keep_freed_memory()  # as the `l2c` command does on a CPU
     with torch.no_grad():
         rows, recheck = run_rows(bench, methods, args)
     report = {

@@ -62,11 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ..utils import distributed
+    from ..utils.cpu_memory import keep_freed_memory
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         check_arguments(args)  # numbers, device and paths, before any work
+        if str(getattr(args, "device", "cpu")).startswith("cpu"):
+            keep_freed_memory()  # a quarter off eager CPU sampling (l2c/utils/cpu_memory.py)
         if distributed.launched_with_torchrun():
             if args.command not in DISTRIBUTED_COMMANDS:
                 raise ValueError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run; start it plainly")
