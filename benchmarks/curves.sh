@@ -28,8 +28,8 @@ case "$curve" in
             first-block=0.05,0.12 l2c=0.5) ;;
   uvit-mnist-nfe50)
     model=uvit-mnist; steps=50; prefix=uvit50; schedules="0.315 0.26"; starts=4,5
-    values=(fewer-steps=40,30,20,16,12 dpm-solver-2m=20,12,10,8 fora=2,3,4 taylorseer-o1=3,4,5
-            taylorseer-o2=3,4,5,6 first-block=0.05,0.12 l2c=0.5) ;;
+    values=(fewer-steps=40,30,20,12 dpm-solver-2m=12,10,8 fora=2,3,4 taylorseer-o1=3,5
+            taylorseer-o2=3,4,5 first-block=0.05,0.12 l2c=0.5) ;;
   *) echo "unknown curve $curve" >&2; exit 2 ;;
 esac
 
