@@ -16,7 +16,7 @@ from torch._dynamo.utils import counters
 import l2c.jobs.generate as generate_module
 from l2c.cache.engine import CacheEngine
 from l2c.cache.layout import layout_for, sublayers
-from l2c.cache.plan import COMPUTE, DROP, FORECAST1, REUSE, CachePlan, cache_steps_for
+from l2c.cache.plan import COMPUTE, DROP, FORECAST1, FORECAST2, REUSE, CachePlan, cache_steps_for
 from l2c.cli import main
 from l2c.jobs.compile import CompiledCache
 from l2c.jobs.generate import SampleConfig, generate
@@ -50,20 +50,24 @@ def _random_plan(arch: str, steps: int, num_sublayers: int, seed: int = 0, actio
 
 def _expected_graphs(model, plan: CachePlan, uvit: bool) -> int:
     """Distinct (block kind, attention pattern, MLP pattern) over the plan: what CompiledCache compiles."""
-    keep = plan.keep().tolist()
+    keep, (orders, _) = plan.keep().tolist(), plan.forecast_orders()
     blocks = layout_for(model).blocks(model)
     seen = set()
     for step, row in enumerate(plan.actions.tolist()):
         for b, block in enumerate(blocks):
             kind = getattr(block, "skip_linear", None) is not None if uvit else 0
-            seen.add((kind, *(_pattern(row[2 * b + k], keep[step][2 * b + k]) for k in (0, 1))))
+            cells = [2 * b + k for k in (0, 1)]
+            seen.add((kind, *(_pattern(row[i], keep[step][i], int(orders[step, i])) for i in cells)))
     return len(seen)
 
 
-def _pattern(action: int, keep: int) -> str:
+def _pattern(action: int, keep: bool, order: int) -> str:
+    # A forecast is summed inside the graph at the order its history holds (order 0: the stored output itself).
     if action == COMPUTE:
-        return "keep" if keep >= 0 else "compute"
-    return "zero" if action == DROP else "given"
+        return "keep" if keep else "compute"
+    if action == DROP:
+        return "zero"
+    return "given" if action == REUSE or order == 0 else f"forecast{order}"
 
 
 def _aot_eager(monkeypatch):
@@ -73,7 +77,9 @@ def _aot_eager(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "arch, actions", [("dit", (REUSE, FORECAST1, DROP)), ("uvit", (REUSE,))], ids=["dit-forecast-drop", "uvit-reuse"]
+    "arch, actions",
+    [("dit", (REUSE, FORECAST1, FORECAST2, DROP)), ("uvit", (REUSE,))],
+    ids=["dit-forecast-drop", "uvit-reuse"],
 )
 def test_compiled_cached_sampling_equals_eager_with_one_graph_per_block_pattern(monkeypatch, arch, actions):
     model, spec = _tiny(arch)
@@ -87,8 +93,8 @@ def test_compiled_cached_sampling_equals_eager_with_one_graph_per_block_pattern(
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     graphs = counters["stats"]["unique_graphs"]
     assert not counters["graph_break"], dict(counters["graph_break"])
-    # One graph per distinct (block kind, sub-layer pattern), at most 3 x 3 per kind: not one per step or row.
-    assert graphs == _expected_graphs(model, plan, arch == "uvit") <= 9 * (2 if arch == "uvit" else 1)
+    # One graph per distinct (block kind, sub-layer pattern), at most 6 x 6 per kind: not one per step or row.
+    assert graphs == _expected_graphs(model, plan, arch == "uvit") <= 36 * (2 if arch == "uvit" else 1)
     again = generate(model, spec, seeds, classes, compiled_config, plan, progress=False)  # a fresh attach
     assert counters["stats"]["unique_graphs"] == graphs, "a second run (new CompiledCache) recompiled"
     torch.testing.assert_close(again, compiled, rtol=0, atol=0)

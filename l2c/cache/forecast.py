@@ -69,18 +69,33 @@ class SublayerHistory:
         torch.sub(fresh, self.f1, out=self.f1).div_(j - self.j1 if self.newton else gap)
         self.f1, self.f2 = fresh, self.f1
 
-    def forecast(self, j: int, order: int) -> torch.Tensor:
-        """The extrapolated output at evaluation j, at `order` or the highest order held (0 = the stored output)."""
+    def terms(self, j: int, order: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, float]]]:
+        """The forecast at evaluation j as f0 and its (difference, coefficient) terms: f0 + sum(c * F).
+
+        `order` is capped at the highest order held (no terms: the stored output). Compiled blocks sum the terms
+        inside their graph, fused with the block's gate and residual; `forecast` sums them here.
+        """
         order = min(order, self.order)
         if order <= 0:
-            return self.f0
+            return self.f0, []
         k = j - self.j0
-        if torch.is_grad_enabled():
-            out = torch.add(self.f0, self.f1, alpha=k)
-        else:
-            if self.out is None or self.out.shape != self.f0.shape:
-                self.out = torch.empty_like(self.f0)
-            out = torch.add(self.f0, self.f1, alpha=k, out=self.out)
+        terms = [(self.f1, k)]
         if order >= 2:
-            out.add_(self.f2, alpha=k * (k + self.j0 - self.j1) if self.newton else k * k / 2)
+            terms.append((self.f2, k * (k + self.j0 - self.j1) if self.newton else k * k / 2))
+        return self.f0, terms
+
+    def forecast(self, j: int, order: int) -> torch.Tensor:
+        """The extrapolated output at evaluation j, at `order` or the highest order held (0 = the stored output)."""
+        f0, terms = self.terms(j, order)
+        if not terms:
+            return f0
+        (f1, c1), *higher = terms
+        if torch.is_grad_enabled():
+            out = torch.add(f0, f1, alpha=c1)
+        else:
+            if self.out is None or self.out.shape != f0.shape:
+                self.out = torch.empty_like(f0)
+            out = torch.add(f0, f1, alpha=c1, out=self.out)
+        for f, c in higher:
+            out.add_(f, alpha=c)
         return out

@@ -91,6 +91,16 @@ class RunPlan:
             self._forget(key)
         return out
 
+    def forecast_terms(self, step, slot, index):
+        """A FORECAST cell as (f0, [(difference, coefficient), ...]) for a caller that sums the terms itself (compiled
+        blocks, fused with the block's gate and residual); the bookkeeping (the release of a history nobody reads
+        again) is that of __call__."""
+        key = (slot, index)
+        terms = self._history(key, step).terms(step, _FORECAST_ORDER[self.actions[step][index]])
+        if self.release[step][index]:
+            self._forget(key)
+        return terms
+
     def _forecast(self, history, step, order):
         buffer = history.out
         out = history.forecast(step, order)

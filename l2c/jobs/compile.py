@@ -7,12 +7,16 @@ docs/benchmarks.md). One graph per distinct plan row would stop that, but each w
 plan has up to 26 distinct rows, each a full DiT-XL/2 compile.
 
 Here a block's graph depends only on what the plan does with its two sub-layers at this model call: compute and
-keep the output for later steps, compute only, take a given output (reuse / forecast, computed outside the graph),
-or drop it. That is at most 3 x 3 = 9 graphs per block kind (DiT: one kind; U-ViT: blocks without / with a long
-skip), whatever the plan and the number of steps, shared by all blocks of the kind (parameters are graph inputs),
-per batch size and precision. Between blocks, the model's own forward (embeddings, the block loop, the head) runs
-eagerly, as does the plan bookkeeping: before each model call every non-computed sub-layer's output is produced by
-the engine's own RunPlan (l2c.cache.hooks), and after it the computed outputs the plan keeps are handed back to it,
+keep the output for later steps, compute only, take a given output (reuse), forecast it from given terms (order 1
+or 2), or drop it. That is at most 6 x 6 = 36 graphs per block kind (DiT: one kind; U-ViT: blocks without / with a
+long skip), whatever the plan and the number of steps, shared by all blocks of the kind (parameters are graph
+inputs), per batch size and precision; a plan uses few of them (TaylorSeer order 2: 4, its first forecasts being of
+lower order). A forecast is summed inside the graph, f0 + c1·F1 (+ c2·F2), with the coefficients as 0-d tensors (no
+recompilation per step), so the compiler fuses it with the block's gate and residual add: one pass over the stored
+tensors where eager sampling makes four. Between blocks, the model's own forward (embeddings, the block loop, the
+head) runs eagerly, as does the plan bookkeeping: before each model call every non-computed sub-layer's output (or
+its forecast's terms) comes from the engine's own RunPlan (l2c.cache.hooks), and after it the computed outputs the
+plan keeps are handed back to it,
 so reuse, forecasting, dropping and the memory release are exactly those of eager cached sampling.
 
 CUDA graphs (`mode="reduce-overhead"` or `"max-autotune"` on CUDA): a new CUDA-graph generation is marked at every
@@ -29,16 +33,16 @@ from torch import nn
 
 from ..cache.hooks import RunPlan
 from ..cache.layout import layout_for, sublayers
-from ..cache.plan import COMPUTE, DROP, CachePlan
+from ..cache.plan import COMPUTE, DROP, REUSE, CachePlan
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Graphs share one code object (nn.Module._call_impl), so torch's per-code recompile limit (8) counts all block
-# kinds, patterns, batch sizes and precisions together; 9 patterns x 2 kinds x 2 precisions x 2 batch sizes fit.
-RECOMPILE_LIMIT = 96
+# kinds, patterns, batch sizes and precisions together; 36 patterns x 2 kinds x 2 precisions x 2 batch sizes fit.
+RECOMPILE_LIMIT = 288
 
 # What a sub-layer does inside a block's graph.
-_COMPUTE, _COMPUTE_KEEP, _GIVEN, _ZERO = 0, 1, 2, 3
+_COMPUTE, _COMPUTE_KEEP, _GIVEN, _ZERO, _FORECAST1, _FORECAST2 = 0, 1, 2, 3, 4, 5
 
 
 class _Route:
@@ -47,7 +51,8 @@ class _Route:
     def __init__(self, module: nn.Module):
         self.module = module
         self.what = _COMPUTE
-        self.given: torch.Tensor | None = None  # the output to return when not computed
+        self.given: torch.Tensor | None = None  # the output to return when not computed (f0 of a forecast)
+        self.terms: tuple = ()  # a forecast's (difference, 0-d coefficient) pairs: given + sum(c * F)
         self.fresh: torch.Tensor | None = None  # the computed output, when the plan keeps it
 
 
@@ -55,6 +60,12 @@ def _routed_forward(route: _Route, *args, **kwargs):
     # Traced into the block's graph: the branch taken is fixed per graph.
     if route.what == _GIVEN:
         return route.given
+    if route.what == _FORECAST1:
+        ((d1, c1),) = route.terms
+        return route.given + c1 * d1
+    if route.what == _FORECAST2:
+        (d1, c1), (d2, c2) = route.terms
+        return route.given + c1 * d1 + c2 * d2
     if route.what == _ZERO:
         return torch.zeros_like(args[0])
     out = type(route.module).forward(route.module, *args, **kwargs)
@@ -100,6 +111,7 @@ class CompiledCache:
         self.cudagraphs = mode in _CUDAGRAPH_MODES and next(model.parameters()).device.type == "cuda"
         self.step, self.slot = 0, -1
         self.routes = [_Route(m) for m in self.modules]
+        self._coefficients: dict[tuple, torch.Tensor] = {}  # forecast coefficients as 0-d tensors, made once each
         self._attach(mode, backend)
 
     # ------------------------------------------------------------------ attach / detach
@@ -170,20 +182,32 @@ class CompiledCache:
             action = actions[index]
             route.given = None
             if action == COMPUTE:
-                route.what = _COMPUTE_KEEP if keep[index] >= 0 else _COMPUTE
+                route.what = _COMPUTE_KEEP if keep[index] else _COMPUTE
                 continue
-            route.what = _ZERO if action == DROP else _GIVEN
-            # The plan's reuse / forecast (and its release of histories nobody reads again); DROP only needs
-            # a tensor for the shape, and the graph makes its own zeros.
-            given = self.runner(self.step, self.slot, index, _not_computed, args, {})
-            route.given = given if action != DROP else None
+            if action in (REUSE, DROP):
+                route.what = _ZERO if action == DROP else _GIVEN
+                # The plan's reuse (and its release of histories nobody reads again); DROP only needs a tensor
+                # for the shape, and the graph makes its own zeros.
+                given = self.runner(self.step, self.slot, index, _not_computed, args, {})
+                route.given = given if action != DROP else None
+                continue
+            route.given, terms = self.runner.forecast_terms(self.step, self.slot, index)
+            route.what = (_GIVEN, _FORECAST1, _FORECAST2)[len(terms)]  # the order the history holds so far
+            route.terms = tuple((d, self._coefficient(c, d)) for d, c in terms)
+
+    def _coefficient(self, value: float, like: torch.Tensor) -> torch.Tensor:
+        # A graph input rather than a Python number, which Dynamo would bake into the graph (one graph per value).
+        key = (value, like.dtype, like.device)
+        if key not in self._coefficients:
+            self._coefficients[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        return self._coefficients[key]
 
     def _after_call(self, model, args, output):
         if self.runner is None:
             return
         for index, route in enumerate(self.routes):
             if route.what not in (_COMPUTE, _COMPUTE_KEEP):
-                route.given = None
+                route.given, route.terms = None, ()
                 continue
             fresh, route.fresh = route.fresh, None
             if fresh is not None and self.cudagraphs:
