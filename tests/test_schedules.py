@@ -104,8 +104,21 @@ def test_training_runs_the_plan_at_its_budget():
     assert logits.shape == (6, 4)
     assert all(0.4 < c <= 0.5 for c in history["cost"])
     assert history["loss"][-1] > 0
-    start = initial_logits(6, 4, config)
+    start = initial_logits(6, 4, config, profile_macs("DiT-tiny"))
     assert not torch.equal(logits, start)  # the scores moved
+
+
+@pytest.mark.parametrize("target, interval", [(0.54, 2), (0.40, 3), (0.305, 4), (0.26, 5)])
+def test_the_search_starts_from_the_uniform_interval_that_fits_the_budget(target, interval):
+    # U-ViT-mnist at NFE 20: TaylorSeer N = 2 / 3 / 4 / 5 costs 0.537 / 0.397 / 0.304 / 0.257 of the uncached MACs,
+    # so a budget just above one must start from exactly that plan (a 0.40 budget once started from N = 2, cut down
+    # at random to fit, and the search ended 12 dB below TaylorSeer N = 3).
+    macs, E, L = profile_macs("U-ViT-mnist"), 20, 14
+    scores = torch.sigmoid(initial_logits(E, L, ScheduleTrainConfig(target_macs=target), macs).double())
+    _, plan, met = threshold_for_budget(scores, target, macs, "forecast2")
+    computed = torch.zeros(E, dtype=torch.bool)
+    computed[::interval] = True
+    assert torch.equal(plan.compute, computed[:, None].expand(E, L)) and met <= target
 
 
 def test_budget_mask_takes_the_best_cells_that_fit():

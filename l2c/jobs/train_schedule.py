@@ -40,7 +40,7 @@ def train_schedule_job(
     if config.iterations:
         logits, history = train_schedule(model, sampler, macs, config, num_classes, progress=progress)
     else:
-        logits, history = initial_logits(E, L, config), {"config": asdict(config)}
+        logits, history = initial_logits(E, L, config, macs), {"config": asdict(config)}
     scores = torch.sigmoid(logits.double())
     theta, plan, met = threshold_for_budget(scores, config.target_macs, macs, config.action, max_skip, config.form)
     if config.search_rounds:
