@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from l2c.cache.layout import sublayers  # noqa: E402
 from l2c.cache.macs import profile_macs  # noqa: E402
+from l2c.cache.schedules import fora, taylorseer  # noqa: E402
 from l2c.jobs.compile import COMPILE_MODES  # noqa: E402
 from l2c.jobs.generate import SampleConfig, generate  # noqa: E402
 from l2c.jobs.timing import device_name, time_runs  # noqa: E402
@@ -46,6 +47,13 @@ from l2c.utils.precision import PRECISIONS  # noqa: E402
 MODELS = {
     "DiT-XL/2": ("dit", "ddim", 1.5, 0.1, {20: "DDIM20_router.pt", 50: "DDIM50_router.pt"}),
     "U-ViT-H/2": ("uvit", "dpm-solver-2", 1.4, 0.9, {20: "dpm20_router.pth", 50: "dpm50_router.pth"}),
+}
+
+# --plans families: (evaluations, sub-layers, interval N) -> plan
+PLAN_FAMILIES = {
+    "fora": fora,
+    "taylorseer-o1": lambda steps, sublayers, n: taylorseer(steps, sublayers, n, 1),
+    "taylorseer-o2": lambda steps, sublayers, n: taylorseer(steps, sublayers, n, 2),
 }
 
 
@@ -66,12 +74,21 @@ def parse() -> argparse.Namespace:
         default=None,
         help="only these mode/dtype pairs, e.g. eager/fp32,compiled/fp32,eager/bf16 (default: --modes x --dtypes)",
     )
+    p.add_argument(
+        "--plans",
+        default="",
+        help="cached arms beside the released router, comma-separated: fora:N, taylorseer-o1:N, taylorseer-o2:N",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--routers", default=os.environ.get("L2C_OFFICIAL_ROUTERS"), help="official routers' folder")
     p.add_argument("--json", default=None, help="also write every number here")
     args = p.parse_args()
     if not args.routers:
         p.error("name the official routers' folder: --routers DIR or L2C_OFFICIAL_ROUTERS=DIR")
+    for spec in filter(None, args.plans.split(",")):
+        family, _, interval = spec.partition(":")
+        if family not in PLAN_FAMILIES or not interval.isdigit() or int(interval) < 1:
+            p.error(f"--plans: {spec!r} is not fora:N, taylorseer-o1:N or taylorseer-o2:N with N >= 1")
     return args
 
 
@@ -103,15 +120,21 @@ def with_peak(fn, device: torch.device, peaks: list):
 
 
 # --------------------------------------------------------------------------------------------- one model
-def load_plan(args, name: str, steps: int, num_sublayers: int):
+def load_plans(args, name: str, steps: int, num_sublayers: int) -> dict:
+    """cache arm -> plan: the released router at the paper's θ ("l2c"), then each of --plans."""
     arch, _, _, theta, files = MODELS[name]
     router, _ = import_official(Path(args.routers) / files[steps], arch, steps)
     if router.num_sublayers != num_sublayers:
         raise ValueError(f"{files[steps]} has {router.num_sublayers} sub-layers, the model {num_sublayers}")
-    return router.to_plan(theta)
+    plans = {"l2c": router.to_plan(theta)}
+    evaluations = plans["l2c"].num_steps
+    for spec in filter(None, args.plans.split(",")):
+        family, _, interval = spec.partition(":")
+        plans[spec] = PLAN_FAMILIES[family](evaluations, num_sublayers, int(interval))
+    return plans
 
 
-def arm_runs(args, model, spec, name: str, steps: int, plan) -> dict:
+def arm_runs(args, model, spec, name: str, steps: int, plans: dict) -> dict:
     """name of each arm -> a callable sampling one batch with it."""
     _, sampler, w, _, _ = MODELS[name]
     seeds = list(range(args.batch))
@@ -120,7 +143,7 @@ def arm_runs(args, model, spec, name: str, steps: int, plan) -> dict:
     pairs = itertools.product(args.modes.split(","), args.dtypes.split(","))
     if args.arms:
         pairs = [tuple(arm.split("/")) for arm in args.arms.split(",")]
-    for (mode, dtype), cache in itertools.product(pairs, ("uncached", "cached")):
+    for (mode, dtype), cache in itertools.product(pairs, ("uncached", *plans)):
         config = SampleConfig(
             sampler=sampler,
             steps=steps,
@@ -130,8 +153,7 @@ def arm_runs(args, model, spec, name: str, steps: int, plan) -> dict:
             compile=mode == "compiled",
             compile_mode=args.compile_mode,
         )
-        chosen = plan if cache == "cached" else None
-        arms[(mode, dtype, cache)] = _sampling(model, spec, seeds, classes, config, chosen)
+        arms[(mode, dtype, cache)] = _sampling(model, spec, seeds, classes, config, plans.get(cache))
     return arms
 
 
@@ -169,17 +191,19 @@ def bench_model(args, name: str, device: torch.device) -> list[dict]:
     model, spec, macs = build(name, args.image_size, device)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
-        plan = load_plan(args, name, steps, len(sublayers(model)))
-        print(f"{name}, {steps} steps: {int(plan.compute.sum())}/{plan.compute.numel()} sub-layers", flush=True)
-        results = measure(args, arm_runs(args, model, spec, name, steps, plan), device)
-        rows += summarize(name, steps, plan, plan_macs(plan, macs), results)
+        plans = load_plans(args, name, steps, len(sublayers(model)))
+        for cache, plan in plans.items():
+            print(f"{name}, {steps} steps, {cache}: {int(plan.compute.sum())}/{plan.compute.numel()} sub-layers")
+        results = measure(args, arm_runs(args, model, spec, name, steps, plans), device)
+        rows += summarize(name, steps, plans, {c: plan_macs(p, macs) for c, p in plans.items()}, results)
     return rows
 
 
 # --------------------------------------------------------------------------------------------- report
-def summarize(name: str, steps: int, plan, predicted: dict, results: dict) -> list[dict]:
+def summarize(name: str, steps: int, plans: dict, predicted: dict, results: dict) -> list[dict]:
     rows = []
     for (mode, dtype, cache), r in results.items():
+        plan = plans.get(cache)
         base = results[(mode, dtype, "uncached")]["median_s"]
         reference = results.get(("eager", "fp32", "uncached"), {}).get("median_s")
         rows.append(
@@ -189,13 +213,13 @@ def summarize(name: str, steps: int, plan, predicted: dict, results: dict) -> li
                 "mode": mode,
                 "dtype": dtype,
                 "cache": cache,
-                "executed": f"{int(plan.compute.sum())}/{plan.compute.numel()}" if cache == "cached" else "all",
+                "executed": f"{int(plan.compute.sum())}/{plan.compute.numel()}" if plan is not None else "all",
                 "first_s": r["first_s"],
                 "median_s": r["median_s"],
                 "runs_s": r["runs"],
                 "peak_gib": r["peak_bytes"] / 2**30,
                 "speedup_vs_uncached": base / r["median_s"],
-                "mac_speedup": predicted["mac_speedup"] if cache == "cached" else 1.0,
+                "mac_speedup": predicted[cache]["mac_speedup"] if plan is not None else 1.0,
                 "speedup_vs_eager_fp32_uncached": reference / r["median_s"] if reference else None,
             }
         )
