@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of docs/benchmarks.md in one call of a short device lease (about 10 minutes on an H100/H200):
 #   benchmarks/gpu_lease.sh ROUTERS_DIR OUT_DIR
-# ROUTERS_DIR holds the paper's four released routers; OUT_DIR gets results.tgz (each stage's log and JSON), rewritten
+# STAGES="name ..." runs only the stages named. ROUTERS_DIR holds the paper's four released routers; OUT_DIR gets results.tgz (each stage's log and JSON), rewritten
 # after every stage so that a lease cut short still returns what finished. Stages run cheapest and surest first, each
 # under its own time limit; a failing stage does not stop the next. Random weights throughout: latency does not depend
 # on them. tf32 is the DiT sampling scripts' fp32 (TF32 matmuls); compiled arms are timed beside eager bf16 in the
@@ -23,6 +23,7 @@ python=${PYTHON:-python3}
 stage() {  # name, time limit (s), command...
   local name=$1 limit=$2
   shift 2
+  if [ -n "${STAGES:-}" ] && [[ " $STAGES " != *" $name "* ]]; then return; fi
   echo "== $name (limit ${limit} s) start $(date +%T)"
   timeout "$limit" "$@" > "$res/$name.log" 2>&1
   local rc=$?
@@ -48,4 +49,9 @@ stage dit-compiled 170 "${speed[@]}" --models DiT-XL/2 --steps 50 --arms eager/b
 # 5. CUDA graphs (reduce-overhead) on the same arms
 stage dit-cudagraphs 110 "${speed[@]}" --models DiT-XL/2 --steps 50 --arms eager/bf16,compiled/bf16 --warmup 2 \
   --compile-mode reduce-overhead --plans taylorseer-o2:3 --repeats 5 --json "$res/dit-cudagraphs.json"
+# 6. batch 64 with guidance (128 rows per model call), where the GPU, not the host's kernel launches, sets the pace
+stage dit-batch64-eager 100 "${speed[@]}" --models DiT-XL/2 --steps 50 --batch 64 --arms eager/bf16 \
+  --plans fora:3,taylorseer-o2:3,taylorseer-o2:5 --repeats 3 --json "$res/dit-batch64-eager.json"
+stage dit-batch64-compiled 120 "${speed[@]}" --models DiT-XL/2 --steps 50 --batch 64 --arms compiled/bf16 \
+  --plans taylorseer-o2:3,taylorseer-o2:5 --repeats 3 --json "$res/dit-batch64-compiled.json"
 echo "== done $(date +%T)"
