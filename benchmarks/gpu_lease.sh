@@ -47,7 +47,7 @@ stage uvit-eager 90 "${speed[@]}" --models U-ViT-H/2 --steps 20,50 --arms eager/
 stage dit-compiled 170 "${speed[@]}" --models DiT-XL/2 --steps 50 --arms eager/bf16,compiled/bf16 \
   --plans taylorseer-o2:3 --repeats 5 --json "$res/dit-compiled.json"
 # 5. CUDA graphs (reduce-overhead) on the same arms
-stage dit-cudagraphs 110 "${speed[@]}" --models DiT-XL/2 --steps 50 --arms eager/bf16,compiled/bf16 --warmup 2 \
+stage dit-cudagraphs 110 "${speed[@]}" --models DiT-XL/2 --steps 50 --arms eager/bf16,compiled/bf16 --warmup 4 \
   --compile-mode reduce-overhead --plans taylorseer-o2:3 --repeats 5 --json "$res/dit-cudagraphs.json"
 # 6. batch 64 with guidance (128 rows per model call), where the GPU, not the host's kernel launches, sets the pace
 stage dit-batch64-eager 100 "${speed[@]}" --models DiT-XL/2 --steps 50 --batch 64 --arms eager/bf16 \
