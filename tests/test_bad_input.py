@@ -171,6 +171,7 @@ CASES = [
     ("prepare-data chunk 0", "prepare-data {w}/images --size 8 --chunk 0 --out {w}/p", ["--chunk"]),
     ("compare images 0", "compare --router {w}/tiny.safetensors --images 0 --out {w}/cmp", ["--images"]),
     ("compare fora 0", "compare --router {w}/tiny.safetensors --fora 0 --out {w}/cmp", ["--fora"]),
+    ("compare bootstrap 0", "compare --router {w}/tiny.safetensors --bootstrap 0 --out {w}/cmp", ["--bootstrap"]),
     ("demo images 0", "demo --images 0 --out {w}/d", ["--images"]),
     ("demo target-removal 0", "demo --target-removal 0 --out {w}/d", ["--target-removal"]),
     ("train-classifier epochs 0", "train-classifier --epochs 0 --out {w}/c.safetensors", ["--epochs"]),

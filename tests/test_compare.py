@@ -11,7 +11,7 @@ from l2c.cache.layout import sublayers
 from l2c.cache.macs import profile_macs
 from l2c.cache.smoothcache import alpha_for_budget, calibrate_changes, smoothcache_plan
 from l2c.cli import main
-from l2c.jobs.compare import Method, equal_cost_steps, run_comparison, standard_methods
+from l2c.jobs.compare import Method, equal_cost_steps, format_rows, run_comparison, standard_methods
 from l2c.jobs.generate import SampleConfig, generate, to_uint8
 from l2c.models import create_model
 from l2c.router.files import save_router
@@ -152,10 +152,23 @@ def test_run_comparison_rows_match_direct_sampling(tiny):
     direct = to_uint8(generate(model, spec, seeds, classes, cfg, plan=plan, progress=False))
     assert np.array_equal(images["l2c"], direct)
     assert rows[0]["psnr_db"] == float("inf") and rows[0]["speedup"] == 1.0
+    for r in rows:  # (a random tiny model's images saturate, so PSNR may be infinite here)
+        low, high = r["psnr_ci"]
+        assert low <= r["psnr_db"] <= high
     assert rows[1]["executed"] == int(plan.compute.sum()) and rows[1]["mac_speedup"] > 1
     assert rows[2]["total"] == 4 * 4 and rows[2]["mac_speedup"] == pytest.approx(1.5)
     with pytest.raises(ValueError, match="reference"):
         run_comparison(model, spec, profile_macs("DiT-tiny"), methods[1:], cfg, seeds, classes)
+
+
+def test_format_rows_prints_the_intervals():
+    row = {"method": "L2C", "steps": 20, "executed": 182, "total": 240, "macs_g": 0.9, "mac_speedup": 1.3}
+    row.update(latency_s=2.5, speedup=1.25, fid=15.36, fid_ci=[12.74, 19.18], class_accuracy=0.92)
+    row.update(precision=0.7, recall=0.8, psnr_db=36.21, psnr_ci=[35.4, 36.9])
+    reference = {**row, "method": "uncached", "psnr_db": float("inf"), "psnr_ci": [float("inf")] * 2}
+    table = format_rows([reference, row])
+    assert "| 15.36 [12.74, 19.18] |" in table and "| 36.2 [35.4, 36.9] |" in table
+    assert table.splitlines()[2].endswith("| ∞ |")  # identical images: no interval to print
 
 
 def test_compare_cli(tmp_path, tiny):
@@ -187,6 +200,8 @@ def test_compare_cli(tmp_path, tiny):
     names = [r["method"] for r in report["rows"]]
     assert names[:2] == ["uncached, 6 steps", "L2C (θ = 0.5)"] and "FORA, interval 3" in names
     assert report["rows"][0]["psnr_db"] is None  # identical to itself: infinite PSNR, stored as null
+    assert report["rows"][0]["psnr_ci"] == [None, None]
+    assert all(len(r["psnr_ci"]) == 2 for r in report["rows"])
     assert (out / "compare.png").exists() and "| method |" in (out / "compare.md").read_text()
     # a router for another step count is refused with the fix
     assert main([*args, "--steps", "8", "--out", str(out)]) == 2

@@ -56,6 +56,18 @@ def test_bootstrap_fid_contains_the_estimate_and_shrinks_with_n():
     assert widths[1] < widths[0] / 2  # ~1/sqrt(n): 4x the images, about half the width
 
 
+def test_mnist_metrics_interval_brackets_the_plain_fid():
+    from l2c.metrics.report import mnist_metrics
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    plain = mnist_metrics(images, pr_reference=200)
+    boxed = mnist_metrics(images, pr_reference=200, n_boot=50)
+    assert "fid_ci" not in plain
+    assert boxed["fid"] == pytest.approx(plain["fid"], rel=1e-6)  # the interval's float64 estimate of the same FID
+    assert boxed["fid_ci"][0] <= boxed["fid"] <= boxed["fid_ci"][1]
+
+
 def test_psnr_interval_contains_the_estimate_and_shrinks_with_n():
     rng = np.random.default_rng(1)
     widths = []

@@ -93,14 +93,27 @@ def run(args) -> int:
     )
     quality = None
     if mnist_shaped:
+        from functools import partial
+
         from ..metrics.report import mnist_metrics
 
-        quality = mnist_metrics
+        quality = partial(mnist_metrics, n_boot=args.bootstrap)
     seeds = list(range(args.images))
     classes = [i % model.null_class for i in range(args.images)]
     decode = decoder_for(meta, args.vae, args.device) if is_latent(meta) else None
     rows, _ = run_comparison(
-        model, spec, macs, methods, config, seeds, classes, args.repeats, args.latency_batch, quality, decode
+        model,
+        spec,
+        macs,
+        methods,
+        config,
+        seeds,
+        classes,
+        args.repeats,
+        args.latency_batch,
+        quality,
+        decode,
+        n_boot=args.bootstrap,
     )
     context = {
         "model": args.model,
@@ -112,6 +125,7 @@ def run(args) -> int:
         "guidance_scale": config.guidance_scale,
         "images": args.images,
         "repeats": args.repeats,
+        "bootstrap": args.bootstrap,
     }
     print(write_report(rows, Path(args.out), context))
     print(f"wrote {args.out}/compare.md, compare.json, compare.png")

@@ -43,7 +43,7 @@ def add_sweep_arguments(p) -> None:
         metavar="FILE",
         help="--sweep: learned schedules (train-router --target-macs), one point per file (method learned)",
     )
-    p.add_argument("--bootstrap", type=int, default=1000, help="--sweep: bootstrap resamples for the 95 %% intervals")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% intervals")
 
 
 def parse_values(items: list[str]) -> dict[str, list[float]]:

@@ -44,6 +44,7 @@ NUMBERS = {
     "images": (_int_at_least(1), "a whole number >= 1"),
     "repeats": (_int_at_least(1), "a whole number >= 1"),
     "latency_batch": (_int_at_least(1), "a whole number >= 1"),
+    "bootstrap": (_int_at_least(1), "a whole number >= 1"),
     "generated_images": (_int_at_least(1), "a whole number >= 1"),
     "grid_max": (_int_at_least(1), "a whole number >= 1"),
     "chunk": (_int_at_least(1), "a whole number >= 1"),

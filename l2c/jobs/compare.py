@@ -20,12 +20,15 @@ from ..cache.baselines import depth_plan, error_plan, fora_plan, random_plan, re
 from ..cache.macs import MacProfile
 from ..cache.plan import CachePlan
 from ..cache.smoothcache import alpha_for_budget, smoothcache_plan
+from ..metrics.bootstrap import psnr_with_ci
 from ..metrics.scores import paired_metrics
 from ..router.report import plan_macs
 from ..router.router import Router
 from ..sampling.diffusion import DiffusionSpec
 from ..utils.io import atomic_output, atomic_write_text
 from .generate import SampleConfig, generate, to_uint8
+from .sweep_report import with_interval
+from .sweep_store import json_safe
 from .timing import device_name, time_runs
 
 
@@ -94,6 +97,7 @@ def run_comparison(
     latency_batch: int = 64,
     quality=None,
     decode=None,
+    n_boot: int = 1000,
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """(rows, uint8 images by method name); the first method is the reference (uncached, full step count).
 
@@ -141,6 +145,7 @@ def run_comparison(
             "latency_runs_s": timing[m.name]["runs"],
             "latency_batch": n,
             **paired_metrics(images[m.name], images[reference.name]),
+            "psnr_ci": list(psnr_with_ci(images[m.name], images[reference.name], n_boot=n_boot)[1:]),
         }
         if quality is not None:
             row.update(quality(images[m.name], np.asarray(classes)))
@@ -154,18 +159,18 @@ def run_comparison(
 def format_rows(rows: list[dict]) -> str:
     quality = "fid" in rows[0]
     head = "| method | steps | executed sub-layers | MACs/img (G) | MAC speedup | latency (s) | speedup |"
-    head += " MNIST-FID | class acc. | precision | recall |" if quality else ""
-    head += " PSNR vs uncached (dB) |"
+    head += " MNIST-FID [95 % CI] | class acc. | precision | recall |" if quality else ""
+    head += " PSNR vs uncached, dB [95 % CI] |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        psnr = "∞" if r["psnr_db"] == float("inf") else f"{r['psnr_db']:.1f}"
         line = (
             f"| {r['method']} | {r['steps']} | {r['executed']}/{r['total']} | {r['macs_g']:.3f} | "
             f"{r['mac_speedup']:.2f}x | {r['latency_s']:.3f} | {r['speedup']:.2f}x |"
         )
         if quality:
-            line += f" {r['fid']:.2f} | {100 * r['class_accuracy']:.1f} % | {r['precision']:.3f} | {r['recall']:.3f} |"
-        lines.append(line + f" {psnr} |")
+            fid = with_interval(r["fid"], r.get("fid_ci"), ".2f")
+            line += f" {fid} | {100 * r['class_accuracy']:.1f} % | {r['precision']:.3f} | {r['recall']:.3f} |"
+        lines.append(line + f" {with_interval(r['psnr_db'], r.get('psnr_ci'), '.1f')} |")
     return "\n".join(lines)
 
 
@@ -199,10 +204,10 @@ def write_report(rows: list[dict], out: Path, context: dict) -> str:
     header = (
         f"{context['model']}, {context['sampler']}, guidance {context['guidance_scale']}, {context['images']} images "
         f"(seeds 0..{context['images'] - 1}, classes in turn); latency: median of {context['repeats']} interleaved "
-        f"runs of a {rows[0]['latency_batch']}-image batch on {device_name()}."
+        f"runs of a {rows[0]['latency_batch']}-image batch on {device_name()}. Intervals: 95 % bootstrap over images "
+        f"({context['bootstrap']} resamples; FID reference statistics fixed)."
     )
     atomic_write_text(header + "\n\n" + table + "\n", out / "compare.md")
-    finite = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    atomic_write_text(json.dumps({"context": context, "rows": finite}, indent=2) + "\n", out / "compare.json")
+    atomic_write_text(json.dumps(json_safe({"context": context, "rows": rows}), indent=2) + "\n", out / "compare.json")
     plot_rows(rows, out / "compare.png", title=f"{context['model']}: L2C and baselines")
     return header + "\n\n" + table

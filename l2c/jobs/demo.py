@@ -17,8 +17,8 @@ import numpy as np
 
 from ..cache.macs import profile_macs
 from ..cache.plan import CachePlan
+from ..metrics.bootstrap import psnr_with_ci
 from ..metrics.report import mnist_metrics
-from ..metrics.scores import paired_metrics
 from ..models import architecture_of, conventions
 from ..models.checkpoints import ASSETS, load_model
 from ..router.budget import router_plan
@@ -28,6 +28,8 @@ from ..sampling.diffusion import DiffusionSpec
 from ..training.train_router import cpu_defaults
 from ..utils.io import atomic_write_text
 from .generate import SampleConfig, generate, save_grid, to_uint8
+from .sweep_report import with_interval
+from .sweep_store import json_safe
 from .timing import time_runs
 
 # The learned schedules the demo shows beside the router it trains: trained by the project on the bundled model and
@@ -82,7 +84,7 @@ def run_demo(
     table = _format(rows, images)
     print(table)
     atomic_write_text(table + "\n", out / "results.md")
-    atomic_write_text(json.dumps(rows, indent=2) + "\n", out / "results.json")
+    atomic_write_text(json.dumps(json_safe(rows), indent=2) + "\n", out / "results.json")
     grids = "uncached.png, cached.png" + (", learned.png" if schedule is not None else "")
     print(f"wrote {out}/{grids}, router.png, router.safetensors, results.md, results.json")
     return 0
@@ -136,7 +138,8 @@ def _rows(model, meta, router, threshold, arms, samples, classes, timing):
     rows = []
     for name, plan in arms.items():
         plan = full if plan is None else plan
-        m = mnist_metrics(samples[name], np.asarray(classes))
+        m = mnist_metrics(samples[name], np.asarray(classes), n_boot=1000)
+        psnr, psnr_low, psnr_high = psnr_with_ci(samples[name], samples["uncached"], n_boot=1000)
         mac = plan_macs(plan, macs)
         t = timing[name]
         rows.append(
@@ -150,10 +153,12 @@ def _rows(model, meta, router, threshold, arms, samples, classes, timing):
                 "latency_min_s": t["min_s"],
                 "latency_max_s": t["max_s"],
                 "fid": m["fid"],
+                "fid_ci": m["fid_ci"],
                 "class_accuracy": m["class_accuracy"],
                 "precision": m["precision"],
                 "recall": m["recall"],
-                "psnr_db": paired_metrics(samples[name], samples["uncached"])["psnr_db"],
+                "psnr_db": psnr,
+                "psnr_ci": [psnr_low, psnr_high],
             }
         )
     for r in rows:
@@ -168,14 +173,14 @@ def _format(rows, n) -> str:
         f"| method | NFE | executed sub-layers | MACs/img (G) | latency, {rows[0]['latency_batch']} img (s) "
         "| speedup | "
         "MAC speedup | "
-        f"MNIST-FID ({n}) | class acc. | PSNR vs uncached (dB) |"
+        f"MNIST-FID ({n}) [95 % CI] | class acc. | PSNR vs uncached, dB [95 % CI] |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
-        psnr = "∞ (identical)" if r["psnr_db"] == float("inf") else f"{r['psnr_db']:.1f}"
+        fid, psnr = with_interval(r["fid"], r["fid_ci"], ".2f"), with_interval(r["psnr_db"], r["psnr_ci"], ".1f")
         lines.append(
             f"| {r['method']} | {r['nfe']} | {r['executed']}/{r['total']} | {r['macs_g']:.3f} | "
-            f"{r['latency_s']:.3f} | {r['speedup']:.2f}x | {r['mac_speedup']:.2f}x | {r['fid']:.2f} | "
+            f"{r['latency_s']:.3f} | {r['speedup']:.2f}x | {r['mac_speedup']:.2f}x | {fid} | "
             f"{100 * r['class_accuracy']:.1f}% | {psnr} |"
         )
     return "\n".join(lines)

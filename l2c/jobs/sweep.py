@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..methods import Point, SweepContext, plan_macs
-from ..metrics.bootstrap import bootstrap_fid, psnr_with_ci
+from ..metrics.bootstrap import psnr_with_ci
 from ..sampling.diffusion import DiffusionSpec
 from .generate import SampleConfig, generate, to_uint8
 from .sweep_store import SweepStore
@@ -112,15 +112,12 @@ def _classifier():
 
 
 def mnist_quality(images: np.ndarray, classes: np.ndarray, n_boot: int) -> dict:
-    from ..metrics.classifier import classify
-    from ..metrics.report import mnist_metrics, reference_statistics
+    from ..metrics.report import mnist_metrics
 
-    point = mnist_metrics(images, classes, classifier=_classifier())
-    features, _ = classify(_classifier(), images)
-    fid, lo, hi = bootstrap_fid(features, *reference_statistics(), n_boot=n_boot)
+    point = mnist_metrics(images, classes, classifier=_classifier(), n_boot=n_boot)
     return {
-        "fid": fid,
-        "fid_ci": [lo, hi],
+        "fid": point["fid"],
+        "fid_ci": point["fid_ci"],
         "accuracy": point["class_accuracy"],
         "precision": point["precision"],
         "recall": point["recall"],

@@ -19,7 +19,9 @@ def _num(v, fmt: str) -> str:
     return "∞" if isinstance(v, float) and math.isinf(v) else format(v, fmt)
 
 
-def _ci(v, ci, fmt: str) -> str:
+def with_interval(v, ci, fmt: str) -> str:
+    """'15.36 [12.74, 19.18]'; the value alone where there is no interval or the value is infinite (identical
+    images' PSNR); '–' for a missing value."""
     if v is None or (isinstance(v, float) and math.isinf(v)):
         return _num(v, fmt)
     if not ci or ci[0] is None:
@@ -45,11 +47,11 @@ def _line(r: dict) -> str:
         _num(r.get("mac_speedup"), ".2f") + "x",
         f"{r['latency_s']:.3f} [{_num(lo, '.3f')}, {_num(hi, '.3f')}]",
         _num(r["speedup"], ".2f") + "x",
-        _ci(r.get("fid"), r.get("fid_ci"), ".2f"),
+        with_interval(r.get("fid"), r.get("fid_ci"), ".2f"),
         _num(acc, ".1f") + (" %" if acc is not None else ""),
         _num(r.get("precision"), ".3f"),
         _num(r.get("recall"), ".3f"),
-        _ci(r.get("psnr"), r.get("psnr_ci"), ".1f"),
+        with_interval(r.get("psnr"), r.get("psnr_ci"), ".1f"),
     ]
     return "| " + " | ".join(cells) + " |"
 
