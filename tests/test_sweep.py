@@ -150,6 +150,14 @@ def test_method_knob_moves_cost_monotonically(ctx, name):
     assert sign * (costs[-1] - costs[0]) > 0, (name, values, costs)
 
 
+def test_taylorseer_newton_is_taylorseer_with_newtons_form(ctx):
+    own, newton = METHODS["taylorseer-o2"].point(ctx, 3).plan, METHODS["taylorseer-o2-newton"].point(ctx, 3).plan
+    assert (own.form, newton.form) == ("taylorseer", "newton")
+    assert torch.equal(own.actions, newton.actions) and plan_macs(ctx, METHODS["taylorseer-o2"].point(ctx, 3)) == (
+        plan_macs(ctx, METHODS["taylorseer-o2-newton"].point(ctx, 3))
+    )
+
+
 def test_lambda_points_come_from_the_router_files(ctx):
     points = METHODS["l2c-lambda"].points(ctx)
     assert [p.value for p in points] == [pytest.approx(0.1), pytest.approx(0.2)]

@@ -15,7 +15,7 @@ from .l2c import L2C_LAMBDA, L2C_THETA
 from .learned import LEARNED
 from .manual import BOTTOM, ERROR, RANDOM, TOP
 from .smoothcache import SMOOTHCACHE
-from .taylorseer import TAYLORSEER_O1, TAYLORSEER_O2
+from .taylorseer import TAYLORSEER_O1, TAYLORSEER_O2, TAYLORSEER_O2_NEWTON
 
 METHODS: dict[str, MethodSpec] = {
     m.name: m
@@ -28,6 +28,7 @@ METHODS: dict[str, MethodSpec] = {
         FORA,
         TAYLORSEER_O1,
         TAYLORSEER_O2,
+        TAYLORSEER_O2_NEWTON,
         DELTA_DIT,
         DROP,
         SMOOTHCACHE,
