@@ -5,6 +5,8 @@ cached, DiT-XL/2 (DDIM-20 / 50, θ 0.1) and U-ViT-H/2 (DPM-Solver-2 NFE 20 / 50,
     python benchmarks/bench_speed.py --routers official-routers --device cuda --json bench-speed.json
     # small, on a CPU:
     python benchmarks/bench_speed.py --models DiT-XL/2 --steps 20 --batch 1 --image-size 16 --repeats 1
+    # FORA and TaylorSeer plans beside the released router (every measurement of a lease: benchmarks/gpu_lease.sh):
+    python benchmarks/bench_speed.py --routers official-routers --plans fora:3,taylorseer-o2:3 --arms eager/bf16
 
 Latency does not depend on the weights, so random weights time the official models. Per model and step count, every
 arm (mode x precision x cache) first runs once as a warm-up (compiled arms compile there; its time is reported as
