@@ -143,6 +143,7 @@ def test_schedule_router_file_sampling_and_show(tmp_path, capsys):
     assert main(["router", "show", str(out), "--model", "DiT-tiny", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["macs_uncached"] == shown["macs_full"] and shown["actions"]["forecast2"] > 0
+    assert shown["forecast_form"] == meta["form"] == "taylorseer"  # the search's default (ScheduleConfig.form)
     assert shown["macs_paper"] / shown["macs_uncached"] == pytest.approx(meta["met_macs"], rel=1e-9)
     grid = tmp_path / "g.png"
     assert main(["sample", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--router", str(out),

@@ -2,10 +2,10 @@
 O from finite differences of the sub-layer's last computed outputs (TaylorSeer's own form, l2c.cache.schedules).
 
 Knob: the interval N; one method per order O ∈ {1, 2}, and order 2 in Newton's form too ("taylorseer-o2-newton":
-the quadratic through the last three computed outputs, the form the learned schedules forecast with, so that a
-learned schedule is compared with its own start and not only with TaylorSeer's form; at order 1 the two forms are
-the same). The forecast's arithmetic runs on the device and is counted in MACs (l2c.cache.macs) and in the measured
-latency.
+the quadratic through the last three computed outputs instead of TaylorSeer's k²/2 term, the same schedule and MACs,
+so that what a learned schedule gains can be told apart from what the forecast form alone gains; at order 1 the two
+forms are the same). The forecast's arithmetic runs on the device and is counted in MACs (l2c.cache.macs) and in
+the measured latency.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ def router_summary(
         executed_all=int(plan.compute.sum()),
         total_all=int(plan.compute.numel()),
         actions=plan.action_counts(),
+        # which order-2 forecast (l2c.cache.plan): it moves quality by 1-2 dB at equal MACs (docs/benchmarks.md)
+        forecast_form=plan.form if plan.forecasts else None,
     )
     summary["removed_ratio"] = 1 - summary["executed"] / summary["total"]
     if macs is not None:
@@ -63,6 +65,9 @@ def format_table(summary: dict) -> str:
         f"MLP {summary['executed_mlp']}/{summary['total_mlp']}); removed {100 * summary['removed_ratio']:.2f}% "
         f"at θ = {summary['threshold']}"
     )
+    counts = ", ".join(f"{name} {n}" for name, n in summary["actions"].items() if n)
+    form = f"; forecasts in {summary['forecast_form']} form" if summary.get("forecast_form") else ""
+    lines.append(f"whole run, every evaluation: {counts}{form}")
     if "macs_paper" in summary:
         lines.append(
             f"MACs per image, whole run (Linear/Conv, paper convention): {summary['macs_paper'] / 1e9:.2f} G of "
