@@ -130,6 +130,17 @@ def test_budget_mask_takes_the_best_cells_that_fit():
     assert taken.min() > left.max() - 1e-12 or float(soft_cost(mask, macs)) > 0.48
 
 
+def test_forecast_form_flag_reaches_the_router_file(tmp_path, capsys):
+    out = tmp_path / "n.safetensors"
+    args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out), "--target-speedup", "2"]
+    assert main(["train-router", *args, "--search-rounds", "0", "--forecast-form", "newton"]) == 0
+    router, meta = load_router(out)
+    assert meta["form"] == "newton" and router_plan(router, meta).form == "newton"
+    with pytest.raises(SystemExit) as refused:  # argparse's refusal: one line, exit 2
+        main(["train-router", *args, "--forecast-form", "quadratic"])
+    assert refused.value.code == 2
+
+
 def test_schedule_router_file_sampling_and_show(tmp_path, capsys):
     out = tmp_path / "s.safetensors"
     args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out)]

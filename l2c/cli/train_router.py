@@ -61,6 +61,13 @@ def add_arguments(p) -> None:
     g.add_argument(
         "--search-rounds", type=int, default=2, help="rounds of budget-neutral moves measured on held-out noise"
     )
+    g.add_argument(
+        "--forecast-form",
+        choices=["taylorseer", "newton"],
+        default="taylorseer",
+        help="order-2 forecast: TaylorSeer's own k²/2 term, or Newton's (the quadratic through the last three "
+        "computed outputs; docs/benchmarks.md measures both)",
+    )
     g.add_argument("--window", type=int, default=5, help="evaluations per back-propagation window")
     g.add_argument("--max-skip", type=int, default=None, help="cap on consecutive non-computed evaluations")
 
@@ -106,6 +113,7 @@ def schedule_config(args):
     return ScheduleTrainConfig(
         target_macs=target,
         action=args.action,
+        form=args.forecast_form,
         window=args.window,
         search_rounds=args.search_rounds,
         guidance_scale=args.cfg,
