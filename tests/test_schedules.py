@@ -176,6 +176,12 @@ def test_learned_method_points_meet_their_budgets(tmp_path):
     assert default.value == 0.6 and plan_fraction(default.plan, macs) <= 0.6
     lower = METHODS["learned"].point(ctx, 0.45)
     assert plan_fraction(lower.plan, macs) <= 0.45 < plan_fraction(default.plan, macs)
+    # the sweep exports the file's forecast form, as `l2c sample` does (it once took Newton's by default)
+    assert default.plan.form == meta["form"] == router_plan(router, meta).form
+    assert torch.equal(default.plan.actions, router_plan(router, meta).actions)
+    twin = [(str(out), router, meta), (str(out) + "-copy", router, meta)]
+    with pytest.raises(ValueError, match="same MAC fraction"):  # one budget, one point: refuse, never alias
+        METHODS["learned"].points(SweepContext("ddim", 6, 6, 4, [1, 3, 5], macs, schedule_routers=twin))
 
 
 def test_search_chooses_reuse_or_forecast_per_sublayer():

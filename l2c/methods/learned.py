@@ -8,18 +8,26 @@ for with `--values learned=...` exports the router whose training budget is clos
 
 from __future__ import annotations
 
-from ..router.budget import schedule_scores, threshold_for_budget
+from ..router.budget import schedule_form, schedule_scores, threshold_for_budget
 from .base import MethodSpec, Point, SweepContext
 
 
 def _defaults(ctx: SweepContext) -> list[float]:
-    return sorted(float(meta["target_macs"]) for _, _, meta in ctx.schedule_routers)
+    targets = sorted(float(meta["target_macs"]) for _, _, meta in ctx.schedule_routers)
+    twins = sorted({t for t in targets if targets.count(t) > 1})
+    if twins:  # a point is a budget: the second file would silently be measured as the first
+        files = [path for path, _, meta in ctx.schedule_routers if float(meta["target_macs"]) == twins[0]]
+        raise ValueError(
+            f"schedule routers {', '.join(files)} were trained for the same MAC fraction {twins[0]}: "
+            "sweep them in separate runs (--out)"
+        )
+    return targets
 
 
 def _point(ctx: SweepContext, fraction: float) -> Point:
     path, router, meta = min(ctx.schedule_routers, key=lambda r: abs(float(r[2]["target_macs"]) - fraction))
     theta, plan, met = threshold_for_budget(
-        schedule_scores(router), fraction, ctx.macs, meta["action"], meta.get("max_skip")
+        schedule_scores(router), fraction, ctx.macs, meta["action"], meta.get("max_skip"), schedule_form(meta)
     )
     label = f"learned schedule, MACs {met:.2f}"
     info = {"router": str(path), "threshold": theta, "trained_for": meta["target_macs"], "met_macs": met}

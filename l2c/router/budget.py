@@ -116,11 +116,17 @@ def schedule_scores(router: Router) -> torch.Tensor:
     return torch.sigmoid(router.logits.detach().double().cpu())
 
 
+def schedule_form(meta: dict) -> str:
+    """The forecast form a schedule router file was searched with (files from before forms were stored: Newton's).
+    Every export of the file must use it: the two forms differ by 1-2 dB at equal MACs (docs/benchmarks.md)."""
+    return meta.get("form", "newton")
+
+
 def router_plan(router: Router, meta: dict, threshold: float | None = None) -> CachePlan:
     """The plan a router file describes: a schedule over every evaluation (meta kind "schedule") or the paper's
     alternation. θ defaults to the file's own."""
     threshold = meta.get("threshold", 0.5) if threshold is None else threshold
     if meta.get("kind") == "schedule":
         scores = schedule_scores(router)
-        return schedule_plan(scores, threshold, meta["action"], meta.get("max_skip"), meta.get("form", "newton"))
+        return schedule_plan(scores, threshold, meta["action"], meta.get("max_skip"), schedule_form(meta))
     return router.to_plan(threshold)
