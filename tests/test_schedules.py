@@ -133,9 +133,9 @@ def test_budget_mask_takes_the_best_cells_that_fit():
 def test_forecast_form_flag_reaches_the_router_file(tmp_path, capsys):
     out = tmp_path / "n.safetensors"
     args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out), "--target-speedup", "2"]
-    assert main(["train-router", *args, "--search-rounds", "0", "--forecast-form", "newton"]) == 0
+    assert main(["train-router", *args, "--search-rounds", "0", "--forecast-form", "taylorseer"]) == 0
     router, meta = load_router(out)
-    assert meta["form"] == "newton" and router_plan(router, meta).form == "newton"
+    assert meta["form"] == "taylorseer" and router_plan(router, meta).form == "taylorseer"
     with pytest.raises(SystemExit) as refused:  # argparse's refusal: one line, exit 2
         main(["train-router", *args, "--forecast-form", "quadratic"])
     assert refused.value.code == 2
@@ -154,7 +154,7 @@ def test_schedule_router_file_sampling_and_show(tmp_path, capsys):
     assert main(["router", "show", str(out), "--model", "DiT-tiny", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["macs_uncached"] == shown["macs_full"] and shown["actions"]["forecast2"] > 0
-    assert shown["forecast_form"] == meta["form"] == "taylorseer"  # the search's default (ScheduleConfig.form)
+    assert shown["forecast_form"] == meta["form"] == "newton"  # the search's default (ScheduleConfig.form)
     assert shown["macs_paper"] / shown["macs_uncached"] == pytest.approx(meta["met_macs"], rel=1e-9)
     grid = tmp_path / "g.png"
     assert main(["sample", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--router", str(out),

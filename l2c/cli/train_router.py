@@ -63,10 +63,10 @@ def add_arguments(p) -> None:
     )
     g.add_argument(
         "--forecast-form",
-        choices=["taylorseer", "newton"],
-        default="taylorseer",
-        help="order-2 forecast: TaylorSeer's own k²/2 term, or Newton's (the quadratic through the last three "
-        "computed outputs; docs/benchmarks.md measures both)",
+        choices=["newton", "taylorseer"],
+        default="newton",
+        help="order-2 forecast: Newton's (the quadratic through the last three computed outputs) or TaylorSeer's own "
+        "k²/2 term (docs/benchmarks.md measures both)",
     )
     g.add_argument("--window", type=int, default=5, help="evaluations per back-propagation window")
     g.add_argument("--max-skip", type=int, default=None, help="cap on consecutive non-computed evaluations")
