@@ -80,12 +80,12 @@ def test_budget_export_meets_the_target_from_below():
     scores = torch.rand(20, 12, generator=torch.Generator().manual_seed(1)).double()
     for target in (0.25, 0.4, 0.5, 0.7):
         for action in ("reuse", "forecast1"):
-            theta, plan, met = threshold_for_budget(scores, target, macs, action, max_skip=4)
+            theta, plan, met = threshold_for_budget(scores, target, macs, action, 4, "newton")
             assert met <= target and target - met < 0.02, (target, action, met)
-            assert plan_fraction(schedule_plan(scores, theta, action, 4), macs) == met
+            assert plan_fraction(schedule_plan(scores, theta, action, 4, "newton"), macs) == met
             assert int(plan.skip_runs().max()) <= 4
     with pytest.raises(ValueError, match="below what evaluation 0"):
-        threshold_for_budget(scores, 0.01, macs, "reuse")
+        threshold_for_budget(scores, 0.01, macs, "reuse", None, "newton")
 
 
 def test_soft_cost_matches_the_plan_cost_at_hard_beta():
@@ -115,7 +115,7 @@ def test_the_search_starts_from_the_uniform_interval_that_fits_the_budget(target
     # at random to fit, and the search ended 12 dB below TaylorSeer N = 3).
     macs, E, L = profile_macs("U-ViT-mnist"), 20, 14
     scores = torch.sigmoid(initial_logits(E, L, ScheduleTrainConfig(target_macs=target), macs).double())
-    _, plan, met = threshold_for_budget(scores, target, macs, "forecast2")
+    _, plan, met = threshold_for_budget(scores, target, macs, "forecast2", None, "newton")
     computed = torch.zeros(E, dtype=torch.bool)
     computed[::interval] = True
     assert torch.equal(plan.compute, computed[:, None].expand(E, L)) and met <= target
@@ -206,6 +206,6 @@ def test_search_chooses_reuse_or_forecast_per_sublayer():
     names = action_names(found)
     assert names == ["forecast2", "reuse", "forecast2", "forecast2"]
     scores = torch.where(found == COMPUTE, 0.9, 0.1).double()
-    assert torch.equal(schedule_plan(scores, 0.5, names, form="taylorseer").actions, found)
+    assert torch.equal(schedule_plan(scores, 0.5, names, None, "taylorseer").actions, found)
     with pytest.raises(ValueError, match="unknown action"):
-        schedule_plan(scores, 0.5, ["forecast2", "bogus", "reuse", "reuse"])
+        schedule_plan(scores, 0.5, ["forecast2", "bogus", "reuse", "reuse"], None, "newton")

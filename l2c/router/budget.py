@@ -19,7 +19,7 @@ ACTION_CODES = {"reuse": REUSE, "forecast1": FORECAST1, "forecast2": FORECAST2}
 
 
 def schedule_plan(
-    scores: torch.Tensor, threshold: float, action: str | list[str], max_skip: int | None = None, form: str = "newton"
+    scores: torch.Tensor, threshold: float, action: str | list[str], max_skip: int | None, form: str
 ) -> CachePlan:
     """Compute cell (j, l) iff its score > θ (evaluation 0 always); `action` (or action[l]) elsewhere; then force
     computes where a sub-layer would go more than `max_skip` evaluations in a row without one."""
@@ -80,8 +80,8 @@ def threshold_for_budget(
     target: float,
     macs: MacProfile,
     action: str | list[str],
-    max_skip: int | None = None,
-    form: str = "newton",
+    max_skip: int | None,
+    form: str,  # no default: an export in another form than the file's was a bug (docs/benchmarks.md)
 ) -> tuple[float, CachePlan, float]:
     """(θ, plan, met fraction): the most computed cells, by score, whose plan costs at most `target`."""
     if not 0.0 < target <= 1.0:
