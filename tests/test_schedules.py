@@ -184,6 +184,39 @@ def test_learned_method_points_meet_their_budgets(tmp_path):
         METHODS["learned"].points(SweepContext("ddim", 6, 6, 4, [1, 3, 5], macs, schedule_routers=twin))
 
 
+def test_search_keeps_only_moves_its_check_set_confirms():
+    """A move that lowers the search error but raises the error on the second held-out set is not kept (the
+    over-fitting seen on U-ViT NFE 20); one that lowers both is."""
+    from l2c.cache.plan import FORECAST2
+    from l2c.cache.schedules import taylorseer
+    from l2c.training.schedule_search import refine
+
+    start = taylorseer(6, 4, 3, 2)
+    good, bad = start.actions.clone(), start.actions.clone()
+    good[good[:, 1] == FORECAST2, 1] = REUSE  # sub-layer 1 reused: better on both sets
+    bad[bad[:, 3] == FORECAST2, 3] = REUSE  # sub-layer 3 reused: better only on the search set
+
+    both = good.clone()
+    both[:, 3] = bad[:, 3]
+    search_errors = {"good": 8.0, "bad": 9.0, "both": 7.0}  # every other plan: 10
+    check_errors = {"good": 8.0, "bad": 11.0, "both": 9.0}
+
+    def name(plan):
+        return next((k for k, t in (("good", good), ("bad", bad), ("both", both)) if torch.equal(plan.actions, t)), "")
+
+    def error(plan):
+        return search_errors.get(name(plan), 10.0)
+
+    def check(plan):
+        return check_errors.get(name(plan), 10.0)
+
+    unchecked, _ = refine(start.actions, error, form="newton", rounds=2, progress=False)
+    assert torch.equal(unchecked, both)  # without the check the search takes the bad move too
+    found, trace = refine(start.actions, error, form="newton", rounds=2, progress=False, check=check)
+    assert torch.equal(found, good)
+    assert trace.rejected >= 1 and trace.errors == [10.0, 8.0] and trace.checks == [10.0, 8.0]
+
+
 def test_search_chooses_reuse_or_forecast_per_sublayer():
     """The search's action moves lower one sub-layer's forecast order (never raising the MACs), and a router file
     stores the per-sub-layer choice exactly."""
@@ -200,7 +233,7 @@ def test_search_chooses_reuse_or_forecast_per_sublayer():
         return float((plan.actions != goal).sum())
 
     found, trace = refine(start.actions, error, form="taylorseer", rounds=2, progress=False)
-    assert torch.equal(found, goal) and trace[-1] == 0
+    assert torch.equal(found, goal) and trace.errors[-1] == 0
     macs = profile_macs("DiT-tiny")
     assert plan_fraction(CachePlan.from_actions(found, form="taylorseer"), macs) < plan_fraction(start, macs)
     names = action_names(found)

@@ -61,6 +61,13 @@ def add_arguments(p) -> None:
     g.add_argument(
         "--search-rounds", type=int, default=2, help="rounds of budget-neutral moves measured on held-out noise"
     )
+    g.add_argument("--search-images", type=int, default=64, help="held-out noise seeds each move is measured on")
+    g.add_argument(
+        "--check-images",
+        type=int,
+        default=64,
+        help="other held-out seeds a kept move must improve as well, against over-fitting the first set (0: none)",
+    )
     g.add_argument(
         "--forecast-form",
         choices=["newton", "taylorseer"],
@@ -110,12 +117,18 @@ def schedule_config(args):
     overrides = {k: getattr(args, k) for k in ("iterations", "batch_size", "lr") if getattr(args, k) is not None}
     if args.search_rounds < 0:
         raise ValueError(f"--search-rounds must be >= 0, got {args.search_rounds}")
+    if args.search_images < 1:
+        raise ValueError(f"--search-images must be >= 1, got {args.search_images}")
+    if args.check_images < 0:
+        raise ValueError(f"--check-images must be >= 0, got {args.check_images}")
     return ScheduleTrainConfig(
         target_macs=target,
         action=args.action,
         form=args.forecast_form,
         window=args.window,
         search_rounds=args.search_rounds,
+        search_images=args.search_images,
+        check_images=args.check_images,
         guidance_scale=args.cfg,
         seed=args.seed,
         **overrides,

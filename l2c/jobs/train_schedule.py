@@ -21,6 +21,9 @@ from ..training.schedule_search import TrajectoryError, refine
 from ..training.trajectory import ScheduleTrainConfig, initial_logits, train_schedule
 from ..utils.io import atomic_write_json
 
+# Held-out noise seeds of the search and of its check: far from the seeds images are evaluated on (0, 1, ...).
+SEARCH_SEED, CHECK_SEED = 10**7, 2 * 10**7
+
 
 def train_schedule_job(
     model,
@@ -44,9 +47,17 @@ def train_schedule_job(
     scores = torch.sigmoid(logits.double())
     theta, plan, met = threshold_for_budget(scores, config.target_macs, macs, config.action, max_skip, config.form)
     if config.search_rounds:
-        error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images)
-        actions, trace = refine(plan.actions, error, config.form, config.search_rounds, max_skip, progress)
-        history.update(search_errors=trace, search_evaluations=error.evaluations)
+        error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images, seed=SEARCH_SEED)
+        check = None
+        if config.check_images:
+            check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, seed=CHECK_SEED)
+        actions, trace = refine(plan.actions, error, config.form, config.search_rounds, max_skip, progress, check)
+        history.update(
+            search_errors=trace.errors,
+            check_errors=trace.checks,
+            moves_rejected_by_check=trace.rejected,
+            search_evaluations=error.evaluations,
+        )
         # Store the searched plan as scores on either side of θ = 0.5: the file reproduces it exactly.
         logits = torch.where(actions == COMPUTE, 4.0, -4.0).float()
         theta = 0.5

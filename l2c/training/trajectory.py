@@ -96,7 +96,8 @@ class ScheduleTrainConfig:
     # images than TaylorSeer's own at equal MACs on dit-mnist DDIM-20, searched or not (docs/benchmarks.md)
     form: str = "newton"
     search_rounds: int = 2  # rounds of budget-neutral moves measured on held-out noise (0: none)
-    search_images: int = 64
+    search_images: int = 64  # held-out noise seeds a move is measured on
+    check_images: int = 64  # other held-out seeds a kept move must also improve (0: no check)
     seed: int = 0
 
     def __post_init__(self):
@@ -108,7 +109,9 @@ class ScheduleTrainConfig:
             raise ValueError(f"init must be 'taylorseer' or 'flat', got {self.init!r}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        for name in ("batch_size", "window"):
+        if self.check_images < 0:
+            raise ValueError(f"check_images must be >= 0, got {self.check_images}")
+        for name in ("batch_size", "window", "search_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
