@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .scores import psnr_of_mse
+
 
 def _sqrt_psd(s: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh(s)
@@ -54,8 +56,4 @@ def psnr_with_ci(a_uint8: np.ndarray, b_uint8: np.ndarray, n_boot: int = 500, le
     means = mse[rng.integers(0, len(mse), size=(n_boot, len(mse)))].mean(1)
     # Quantiles of the mean MSE, then PSNR (monotone, decreasing): a resample may hold only identical pairs (inf dB).
     lo_mse, hi_mse = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return _psnr(mse.mean()), _psnr(hi_mse), _psnr(lo_mse)
-
-
-def _psnr(mse: float) -> float:
-    return float("inf") if mse <= 0 else float(10 * np.log10(255.0**2 / mse))
+    return psnr_of_mse(mse.mean()), psnr_of_mse(hi_mse), psnr_of_mse(lo_mse)

@@ -61,6 +61,9 @@ def paired_metrics(a_uint8: np.ndarray, b_uint8: np.ndarray) -> dict:
     a, b = np.asarray(a_uint8, np.float64), np.asarray(b_uint8, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired metrics need the same images: shapes {a.shape} vs {b.shape}")
-    mse = float(((a - b) ** 2).mean())
-    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-    return {"psnr_db": psnr, "mean_abs_diff": float(np.abs(a - b).mean())}
+    return {"psnr_db": psnr_of_mse(float(((a - b) ** 2).mean())), "mean_abs_diff": float(np.abs(a - b).mean())}
+
+
+def psnr_of_mse(mse: float) -> float:
+    """PSNR in dB of 8-bit images (peak 255) from a mean squared error; infinite when identical."""
+    return float("inf") if mse <= 0 else float(10 * np.log10(255.0**2 / mse))
