@@ -108,6 +108,24 @@ def test_training_runs_the_plan_at_its_budget():
     assert not torch.equal(logits, start)  # the scores moved
 
 
+@pytest.mark.parametrize(
+    "preset, E, target, count",
+    [("U-ViT-mnist", 20, 0.667, 12), ("U-ViT-mnist", 20, 0.5, 9), ("DiT-mnist", 50, 0.667, 32)],
+)
+def test_a_budget_between_intervals_starts_from_evenly_spread_evaluations(preset, E, target, count):
+    # 1.5x (0.667) and 2x lie between TaylorSeer's N = 1 and N = 2 (0.537 on U-ViT-mnist NFE 20): the start computes
+    # as many whole evaluations as fit, evenly spread, and the plan exported at the budget keeps every one of them
+    # (at DiT-mnist DDIM-50 a count that fitted without the forecast arithmetic lost one evaluation at export)
+    macs = profile_macs(preset)
+    L = len(macs.sublayer_linear)
+    scores = torch.sigmoid(initial_logits(E, L, ScheduleTrainConfig(target_macs=target), macs).double())
+    _, plan, met = threshold_for_budget(scores, target, macs, "forecast2", None, "newton")
+    full = plan.compute.all(1)
+    assert int(full.sum()) == count and met <= target and bool(full[0])
+    gaps = torch.diff(torch.nonzero(full).flatten())
+    assert int(gaps.max()) - int(gaps.min()) <= 1  # evenly spread
+
+
 @pytest.mark.parametrize("target, interval", [(0.54, 2), (0.40, 3), (0.305, 4), (0.26, 5)])
 def test_the_search_starts_from_the_uniform_interval_that_fits_the_budget(target, interval):
     # U-ViT-mnist at NFE 20: TaylorSeer N = 2 / 3 / 4 / 5 costs 0.537 / 0.397 / 0.304 / 0.257 of the uncached MACs,

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
 from ..cache.macs import MacProfile
+from ..cache.plan import ACTION_NAMES, COMPUTE, CachePlan
 from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
 
@@ -157,8 +158,25 @@ def initial_logits(E: int, L: int, config: ScheduleTrainConfig, macs: MacProfile
     # The budget must take every cell of the start: an interval that does not fit (a 0.40 budget once started from
     # N = 2, which costs 0.54 on U-ViT-mnist) is cut down by jitter, a start the search cannot repair.
     prior = -torch.ones(E, L)
-    prior[:: uniform_interval(E, macs, config.target_macs)] = 1.0
+    prior[start_evaluations(E, macs, config)] = 1.0
     return prior + jitter
+
+
+def start_evaluations(E: int, macs: MacProfile, config: ScheduleTrainConfig) -> list[int]:
+    """The fully computed evaluations the search starts from: TaylorSeer's every N-th when its interval fills the
+    budget, else the most evaluations that fit, evenly spread. A budget between two intervals (1.5x lies between
+    N = 1 and N = 2) would otherwise start from N = 2 with the rest of the budget on random single cells. The fit is
+    the exact cost, forecast arithmetic included, so the export keeps every one of them."""
+    uniform = list(range(0, E, uniform_interval(E, macs, config.target_macs)))
+    skipped = ACTION_NAMES.index(config.action)
+    for count in range(E, len(uniform), -1):
+        rows = [i * E // count for i in range(count)]
+        actions = torch.full((E, len(macs.sublayer_linear)), skipped, dtype=torch.long)
+        actions[rows] = COMPUTE
+        plan = CachePlan.from_actions(actions, form=config.form)
+        if macs.plan_total(plan) <= config.target_macs * macs.full() * E:
+            return rows
+    return uniform
 
 
 def train_schedule(
