@@ -2,10 +2,13 @@
 # The quality-versus-speed curves of docs/benchmarks.md, one per invocation, from routers to sweep:
 #   benchmarks/curves.sh dit-mnist-ddim50 baselines   every baseline and the L2C router  -> sweeps/<curve>
 #   benchmarks/curves.sh dit-mnist-ddim50 learned     learned schedules beside TaylorSeer -> sweeps/<curve>-learned
+#   benchmarks/curves.sh dit-mnist-ddim50 budgets     learned schedules at 1.5x, 2x, 2.5x, 3x, 4x fewer MACs (Newton
+#                                                      form, checked moves) beside Newton-form TaylorSeer -> sweeps/<curve>-budgets
 # (curves: dit-mnist-ddim20, dit-mnist-ddim50, uvit-mnist-nfe20, uvit-mnist-nfe50). Both parts sample the same seeds,
 # and each measures its own uncached reference. Routers go to routers/; an existing router file is kept, and a sweep
 # resumes from its record when re-run. Run one at a time on an otherwise idle machine: the sweep times every method.
-# SEARCH_ROUNDS (default 1) sets the rounds of the schedule search; IMAGES (default 1000) the images per point.
+# SEARCH_ROUNDS (default 1) sets the rounds of the schedule search; IMAGES (default 1000) the images per point;
+# BUDGETS (default "0.667 0.5 0.4 0.333 0.25") the MAC fractions of the budgets part.
 set -euo pipefail
 curve=${1:?usage: benchmarks/curves.sh CURVE baselines|learned}
 part=${2:-baselines}
@@ -52,6 +55,17 @@ elif [ "$part" = learned ]; then
   # TaylorSeer order 2 at the intervals the searches start from, measured in the same run
   l2c compare --sweep --model $model --steps $steps --router "$router" --schedule-routers "${schedule_files[@]}" \
     --methods taylorseer-o2 learned --values taylorseer-o2=$starts --images "$images" --out "sweeps/$curve-learned"
+elif [ "$part" = budgets ]; then
+  schedule_files=()
+  for target in ${BUDGETS:-0.667 0.5 0.4 0.333 0.25}; do
+    file=routers/$prefix-budget-$target.safetensors
+    [ -f "$file" ] || l2c train-router --model $model --steps $steps --target-macs "$target" \
+      --search-rounds "${SEARCH_ROUNDS:-1}" --out "$file"
+    schedule_files+=("$file")
+  done
+  l2c compare --sweep --model $model --steps $steps --router "$router" --schedule-routers "${schedule_files[@]}" \
+    --methods taylorseer-o2-newton learned --values taylorseer-o2-newton=2,3,4,5 --images "$images" \
+    --out "sweeps/$curve-budgets"
 else
-  echo "unknown part $part (baselines | learned)" >&2; exit 2
+  echo "unknown part $part (baselines | learned | budgets)" >&2; exit 2
 fi
