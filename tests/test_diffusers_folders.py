@@ -103,3 +103,42 @@ def test_train_router_on_a_folder_records_its_scheduler(folder, tmp_path):
     assert main([*sample, "--sampler", "diffusers-dpmpp-2m", "--router", str(out)]) == 0 and grid.is_file()
     assert main(["train-router", *common, "--ckpt", str(out), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert main(["train-router", "--model", str(tmp_path), "--out", str(tmp_path / "y.safetensors")]) == 2
+
+
+def test_readme_flow_on_a_saved_pipeline_folder(folder, tmp_path):
+    """The README's diffusers snippet end to end on a DiTPipeline folder (model_index.json, transformer/, vae/,
+    scheduler/): train a schedule on the folder with the command line, load the pipeline with from_pretrained, cache
+    it with `l2c.apply` inside a `with`, and get the uncached images back after it."""
+    from diffusers import AutoencoderKL, DiTPipeline
+
+    import l2c
+
+    transformer, _ = load_diffusers_folder(folder, as_dit=False)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        layers_per_block=1,
+        latent_channels=1,  # DiT-tiny's channels
+        norm_num_groups=8,
+        sample_size=8,
+    )
+    pipe_folder, sched = tmp_path / "pipe", tmp_path / "sched.safetensors"
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler.from_pretrained(folder)).save_pretrained(
+        pipe_folder
+    )
+    args = ["--model", str(pipe_folder), "--steps", str(STEPS), "--target-macs", "0.5", "--search-rounds", "0"]
+    assert main(["train-router", *args, "--cfg", "1", "--out", str(sched)]) == 0
+    pipe = DiTPipeline.from_pretrained(pipe_folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():  # guidance 1: DiTPipeline's null class is 1000, DiT-tiny has 10 classes
+        gen = torch.Generator().manual_seed(0)
+        return pipe([1, 2], guidance_scale=1.0, num_inference_steps=STEPS, generator=gen, output_type="np").images
+
+    reference = run()
+    with l2c.apply(pipe, str(sched)) as handle:
+        cached = run()
+        assert handle.calls == STEPS
+    assert not (cached == reference).all()
+    assert (run() == reference).all()
