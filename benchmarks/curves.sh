@@ -44,28 +44,23 @@ if [ "$part" = baselines ]; then
   methods=$(printf '%s\n' "${values[@]}" | cut -d= -f1 | tr '\n' ' ')
   l2c compare --sweep --model $model --steps $steps --router "$router" --methods $methods "${value_args[@]}" \
     --images "$images" --out "sweeps/$curve"
-elif [ "$part" = learned ]; then
+elif [ "$part" = learned ] || [ "$part" = budgets ]; then
+  if [ "$part" = learned ]; then
+    # TaylorSeer order 2 at the intervals the searches start from, measured in the same run
+    name=schedule; targets=$schedules; compare=(--methods taylorseer-o2 learned --values taylorseer-o2=$starts)
+  else
+    name=budget; targets=${BUDGETS:-0.667 0.5 0.4 0.333 0.25}
+    compare=(--methods taylorseer-o2-newton learned --values taylorseer-o2-newton=2,3,4,5)
+  fi
   schedule_files=()
-  for target in $schedules; do
-    file=routers/$prefix-schedule-$target.safetensors
-    [ -f "$file" ] || l2c train-router --model $model --steps $steps --target-macs "$target" \
-      --search-rounds "${SEARCH_ROUNDS:-1}" --out "$file"
-    schedule_files+=("$file")
-  done
-  # TaylorSeer order 2 at the intervals the searches start from, measured in the same run
-  l2c compare --sweep --model $model --steps $steps --router "$router" --schedule-routers "${schedule_files[@]}" \
-    --methods taylorseer-o2 learned --values taylorseer-o2=$starts --images "$images" --out "sweeps/$curve-learned"
-elif [ "$part" = budgets ]; then
-  schedule_files=()
-  for target in ${BUDGETS:-0.667 0.5 0.4 0.333 0.25}; do
-    file=routers/$prefix-budget-$target.safetensors
+  for target in $targets; do
+    file=routers/$prefix-$name-$target.safetensors
     [ -f "$file" ] || l2c train-router --model $model --steps $steps --target-macs "$target" \
       --search-rounds "${SEARCH_ROUNDS:-1}" --out "$file"
     schedule_files+=("$file")
   done
   l2c compare --sweep --model $model --steps $steps --router "$router" --schedule-routers "${schedule_files[@]}" \
-    --methods taylorseer-o2-newton learned --values taylorseer-o2-newton=2,3,4,5 --images "$images" \
-    --out "sweeps/$curve-budgets"
+    "${compare[@]}" --images "$images" --out "sweeps/$curve-$part"
 else
   echo "unknown part $part (baselines | learned | budgets)" >&2; exit 2
 fi
