@@ -126,6 +126,32 @@ def test_a_budget_between_intervals_starts_from_evenly_spread_evaluations(preset
     assert int(gaps.max()) - int(gaps.min()) <= 1  # evenly spread
 
 
+def test_a_budget_just_under_an_interval_is_pointed_to_it(tmp_path, capsys):
+    """dit-mnist DDIM-20 at 0.50: TaylorSeer's N = 2 costs 0.51, and the evenly spread start at 0.50 lost 5 dB to it;
+    train-router says so before searching, and the value it names starts from the interval."""
+    from l2c.training.trajectory import interval_just_over, start_evaluations
+
+    macs = profile_macs("DiT-mnist")
+    interval, cost = interval_just_over(20, macs, ScheduleTrainConfig(target_macs=0.5))
+    assert interval == 2 and 0.5 < cost < 0.51
+    for far in (0.4, 0.667):  # an interval fills 0.4; 0.667 has none within 5 %
+        assert interval_just_over(20, macs, ScheduleTrainConfig(target_macs=far)) is None
+    assert start_evaluations(20, macs, ScheduleTrainConfig(target_macs=0.51)) == list(range(0, 20, 2))
+
+    out = tmp_path / "s.safetensors"
+    args = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "20", "--search-rounds", "0"]
+    assert main([*args, "--target-macs", "0.5", "--out", str(out)]) == 0
+    note = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("note:"))
+    suggested = note.split("--target-macs ")[1].split()[0]
+    assert main([*args, "--target-macs", suggested, "--out", str(out)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    router, meta = load_router(out)
+    interval = int(note.split("interval ")[1].split()[0])
+    computed = torch.zeros(20, dtype=torch.bool)
+    computed[::interval] = True
+    assert torch.equal(router_plan(router, meta).compute.all(1), computed)
+
+
 @pytest.mark.parametrize("target, interval", [(0.54, 2), (0.40, 3), (0.305, 4), (0.26, 5)])
 def test_the_search_starts_from_the_uniform_interval_that_fits_the_budget(target, interval):
     # U-ViT-mnist at NFE 20: TaylorSeer N = 2 / 3 / 4 / 5 costs 0.537 / 0.397 / 0.304 / 0.257 of the uncached MACs,

@@ -4,6 +4,7 @@ heat-map. Used by `l2c train-router --target-speedup / --target-macs` and the de
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..router.report import plot_router
 from ..router.router import Router
 from ..sampling.samplers import Sampler
 from ..training.schedule_search import TrajectoryError, refine
-from ..training.trajectory import ScheduleTrainConfig, initial_logits, train_schedule
+from ..training.trajectory import ScheduleTrainConfig, initial_logits, interval_just_over, train_schedule
 from ..utils.io import atomic_write_json
 
 # Held-out noise seeds of the search and of its check: far from the seeds images are evaluated on (0, 1, ...).
@@ -40,6 +41,15 @@ def train_schedule_job(
     {schedule.png, schedule_training.json}."""
     num_classes = model.null_class  # labels 0 .. null - 1
     E, L = sampler.num_evaluations, len(macs.sublayer_linear)
+    near = interval_just_over(E, macs, config) if config.init == "taylorseer" else None
+    if near is not None:
+        print(
+            f"note: the search starts from evaluations spread unevenly; TaylorSeer's interval {near[0]} costs "
+            f"{near[1]:.3f} of the MACs, {near[1] / config.target_macs - 1:.1%} over the budget, and uneven starts "
+            f"have lost to such an interval (docs/benchmarks.md): --target-macs {math.ceil(near[1] * 1000) / 1000} "
+            "starts from it",
+            flush=True,
+        )
     if config.iterations:
         logits, history = train_schedule(model, sampler, macs, config, num_classes, progress=progress)
     else:
