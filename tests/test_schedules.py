@@ -152,6 +152,43 @@ def test_a_budget_just_under_an_interval_is_pointed_to_it(tmp_path, capsys):
     assert torch.equal(router_plan(router, meta).compute.all(1), computed)
 
 
+def test_trimming_removes_the_least_harmful_block_computations_until_the_budget_fits():
+    from l2c.cache.plan import FORECAST2
+    from l2c.training.schedule_search import trim_to_budget
+
+    macs, E = profile_macs("DiT-mnist"), 20  # 6 blocks; every other evaluation costs 0.51, just over 0.5
+    interval = torch.full((E, 12), FORECAST2, dtype=torch.long)
+    interval[::2] = COMPUTE
+    harm = torch.rand(E, 6, generator=torch.Generator().manual_seed(0))  # what removing block b at j costs
+
+    def error(plan):
+        removed = interval.eq(COMPUTE) & ~plan.compute
+        return float((harm * removed.view(E, 6, 2).all(2)).sum())
+
+    trimmed = trim_to_budget(interval, error, macs, 0.5, FORECAST2, progress=False)
+    plan = CachePlan.from_actions(trimmed)
+    assert plan_fraction(plan, macs) <= 0.5 < plan_fraction(CachePlan.from_actions(interval), macs)
+    removed = (interval.eq(COMPUTE) & ~plan.compute).view(E, 6, 2)
+    assert bool((removed.all(2) == removed.any(2)).all())  # whole blocks only
+    count = int(removed.all(2).sum())
+    candidates = harm[2::2].flatten()  # computed evaluations but the first
+    assert sorted(harm[removed.all(2)].tolist()) == sorted(candidates.sort().values[:count].tolist())
+    assert count <= 2  # 0.0096 over the budget is one or two block computations
+
+
+def test_search_tries_the_trimmed_interval_as_its_start(tmp_path, capsys):
+    out = tmp_path / "s.safetensors"
+    args = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "20", "--target-macs", "0.5"]
+    search = ["--search-rounds", "1", "--search-images", "2", "--check-images", "0"]
+    assert main([*args, *search, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "search start: interval 3 trimmed to the budget" in printed and "note:" not in printed
+    history = json.loads((tmp_path / "s" / "schedule_training.json").read_text())["history"]
+    assert set(history["start_errors"]) == {"evenly spread", "interval 3 trimmed"}
+    router, meta = load_router(out)
+    assert meta["met_macs"] <= 0.5
+
+
 @pytest.mark.parametrize("target, interval", [(0.54, 2), (0.40, 3), (0.305, 4), (0.26, 5)])
 def test_the_search_starts_from_the_uniform_interval_that_fits_the_budget(target, interval):
     # U-ViT-mnist at NFE 20: TaylorSeer N = 2 / 3 / 4 / 5 costs 0.537 / 0.397 / 0.304 / 0.257 of the uncached MACs,

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 
 from ..cache.macs import MacProfile
-from ..cache.plan import COMPUTE, CachePlan
+from ..cache.plan import ACTION_NAMES, COMPUTE, CachePlan
 from ..models import architecture_of
 from ..router.budget import action_names, plan_fraction, router_plan, threshold_for_budget
 from ..router.files import save_router
 from ..router.report import plot_router
 from ..router.router import Router
 from ..sampling.samplers import Sampler
-from ..training.schedule_search import TrajectoryError, refine
+from ..training.schedule_search import TrajectoryError, refine, trim_to_budget
 from ..training.trajectory import ScheduleTrainConfig, initial_logits, interval_just_over, train_schedule
 from ..utils.io import atomic_write_json
 
@@ -42,12 +42,12 @@ def train_schedule_job(
     num_classes = model.null_class  # labels 0 .. null - 1
     E, L = sampler.num_evaluations, len(macs.sublayer_linear)
     near = interval_just_over(E, macs, config) if config.init == "taylorseer" else None
-    if near is not None:
+    if near is not None and not config.search_rounds:
         print(
-            f"note: the search starts from evaluations spread unevenly; TaylorSeer's interval {near[0]} costs "
-            f"{near[1]:.3f} of the MACs, {near[1] / config.target_macs - 1:.1%} over the budget, and uneven starts "
+            f"note: the plan computes evaluations spread unevenly; TaylorSeer's interval {near[0]} costs "
+            f"{near[1]:.3f} of the MACs, {near[1] / config.target_macs - 1:.1%} over the budget, and uneven plans "
             f"have lost to such an interval (docs/benchmarks.md): --target-macs {math.ceil(near[1] * 1000) / 1000} "
-            "starts from it",
+            "takes it, and a search (--search-rounds) also tries it trimmed to the budget",
             flush=True,
         )
     if config.iterations:
@@ -61,7 +61,24 @@ def train_schedule_job(
         check = None
         if config.check_images:
             check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, seed=CHECK_SEED)
-        actions, trace = refine(plan.actions, error, config.form, config.search_rounds, max_skip, progress, check)
+        start = plan.actions
+        if near is not None:  # TaylorSeer's interval just over the budget, trimmed to it, if it starts better
+            skipped = ACTION_NAMES.index(config.action)
+            interval = torch.full_like(start, skipped)
+            interval[:: near[0]] = COMPUTE
+            budget = config.target_macs
+            trimmed = trim_to_budget(interval, error, macs, budget, skipped, config.form, max_skip, progress)
+            spread_error, trimmed_error = (error(CachePlan.from_actions(a, form=config.form)) for a in (start, trimmed))
+            history.update(start_errors={"evenly spread": spread_error, f"interval {near[0]} trimmed": trimmed_error})
+            print(
+                f"search start: interval {near[0]} trimmed to the budget (error {trimmed_error:.3f}) against "
+                f"{int(start.eq(COMPUTE).all(1).sum())} evaluations spread evenly ({spread_error:.3f}): "
+                f"{'the trimmed interval' if trimmed_error < spread_error else 'the even spread'}",
+                flush=True,
+            )
+            if trimmed_error < spread_error:
+                start = trimmed
+        actions, trace = refine(start, error, config.form, config.search_rounds, max_skip, progress, check)
         history.update(
             search_errors=trace.errors,
             check_errors=trace.checks,

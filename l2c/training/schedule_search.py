@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
+from ..cache.macs import MacProfile
 from ..cache.plan import COMPUTE, FORECAST1, FORECAST2, REUSE, CachePlan
 from ..sampling import StackedRandomGenerator
 from ..sampling.guidance import guided_denoiser
@@ -118,6 +119,46 @@ def refine(
         if not improved:
             break
     return actions, trace
+
+
+def trim_to_budget(
+    actions: torch.Tensor,
+    error: TrajectoryError,
+    macs: MacProfile,
+    target: float,
+    skipped: int,
+    form: str = "newton",
+    max_skip: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Remove block computations (a block's attention and MLP at one evaluation after the first) one at a time, each
+    time the one whose removal raises the error least, until the plan costs at most `target` of the uncached MACs.
+    Removed cells do `skipped`. A start for budgets just under a TaylorSeer interval: on dit-mnist DDIM-20 the even
+    spread of 9 evaluations at 0.50 lost 5 dB to every other evaluation at 0.51."""
+    actions = actions.clone()
+    E, L = actions.shape
+
+    def cost(a: torch.Tensor) -> float:
+        return macs.plan_total(CachePlan.from_actions(a, form=form)) / (macs.full() * E)
+
+    while cost(actions) > target:
+        best, best_value = None, float("inf")
+        cells = [
+            (j, b) for j in range(1, E) for b in range(L // 2) if bool((actions[j, 2 * b : 2 * b + 2] == COMPUTE).all())
+        ]
+        for j, block in tqdm(cells, desc="trimming to the budget", disable=not progress):
+            candidate = actions.clone()
+            candidate[j, 2 * block : 2 * block + 2] = skipped
+            try:
+                value = error(CachePlan.from_actions(candidate, form=form, max_skip=max_skip))
+            except ValueError:  # over the skip cap
+                continue
+            if value < best_value:
+                best, best_value = candidate, value
+        if best is None:
+            raise ValueError(f"no block computation can be removed to reach {target:.3f} of the MACs")
+        actions = best
+    return actions
 
 
 _LOWER = {FORECAST2: (FORECAST1, REUSE), FORECAST1: (REUSE,), REUSE: ()}
