@@ -45,6 +45,10 @@ class MacProfile:
         total = sum(self.per_evaluation(row, convention) for row in plan.compute.tolist())
         return total + self.forecast_macs(plan)
 
+    def fraction(self, plan) -> float:
+        """MACs of the plan's run over the uncached run of the same evaluations (paper convention)."""
+        return self.plan_total(plan) / (self.full() * plan.num_steps)
+
     def forecast_macs(self, plan) -> float:
         """The element-wise multiply-adds a plan spends on forecasts and on updating their differences."""
         if not plan.forecasts:

@@ -72,7 +72,7 @@ def _cap(compute: torch.Tensor, max_skip: int | None) -> torch.Tensor:
 
 def plan_fraction(plan: CachePlan, macs: MacProfile) -> float:
     """MACs of the plan's run over the uncached run of the same evaluations (paper convention)."""
-    return macs.plan_total(plan) / (macs.full() * plan.num_steps)
+    return macs.fraction(plan)
 
 
 def threshold_for_budget(

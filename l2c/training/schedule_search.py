@@ -137,11 +137,7 @@ def trim_to_budget(
     spread of 9 evaluations at 0.50 lost 5 dB to every other evaluation at 0.51."""
     actions = actions.clone()
     E, L = actions.shape
-
-    def cost(a: torch.Tensor) -> float:
-        return macs.plan_total(CachePlan.from_actions(a, form=form)) / (macs.full() * E)
-
-    while cost(actions) > target:
+    while macs.fraction(CachePlan.from_actions(actions, form=form)) > target:
         best, best_value = None, float("inf")
         cells = [
             (j, b) for j in range(1, E) for b in range(L // 2) if bool((actions[j, 2 * b : 2 * b + 2] == COMPUTE).all())

@@ -179,7 +179,7 @@ def rows_cost(E: int, rows: list[int], macs: MacProfile, config: ScheduleTrainCo
     """Exact MAC fraction of the plan that computes whole evaluations `rows` and does config.action elsewhere."""
     actions = torch.full((E, len(macs.sublayer_linear)), ACTION_NAMES.index(config.action), dtype=torch.long)
     actions[rows] = COMPUTE
-    return macs.plan_total(CachePlan.from_actions(actions, form=config.form)) / (macs.full() * E)
+    return macs.fraction(CachePlan.from_actions(actions, form=config.form))
 
 
 def interval_just_over(E: int, macs: MacProfile, config: ScheduleTrainConfig) -> tuple[int, float] | None:
