@@ -17,8 +17,8 @@ the model without a cache). Moves keep the MACs unchanged:
 A move is kept when the error falls, and, with a second held-out set (`check`), when it falls there too: a move
 must be confirmed on noise it was not chosen on. The check costs one evaluation per move that passes the first test,
 a few percent of the search. The error is measured on the float samples, before the clamp and rounding of saved
-images; on U-ViT NFE 20 a move that lowered it on 1,000 unseen seeds lost 0.5 dB in 8-bit PSNR (docs/benchmarks.md). The result is budget-exact by construction (MACs equal, or lower for
-action moves).
+images; on U-ViT NFE 20 a move that lowered it on 1,000 unseen seeds lost 0.5 dB in 8-bit PSNR
+(docs/benchmarks.md). The result is budget-exact by construction (MACs equal, or lower for action moves).
 """
 
 from __future__ import annotations
