@@ -14,7 +14,7 @@ from l2c.cache.plan import COMPUTE, FORECAST1, REUSE, CachePlan
 from l2c.cli import main
 from l2c.jobs.generate import SampleConfig, generate
 from l2c.models import create_model
-from l2c.router.budget import plan_fraction, router_plan, schedule_plan, threshold_for_budget
+from l2c.router.budget import router_plan, schedule_plan, threshold_for_budget
 from l2c.router.files import load_router
 from l2c.sampling import StackedRandomGenerator, make_sampler
 from l2c.sampling.diffusion import default_spec
@@ -82,7 +82,7 @@ def test_budget_export_meets_the_target_from_below():
         for action in ("reuse", "forecast1"):
             theta, plan, met = threshold_for_budget(scores, target, macs, action, 4, "newton")
             assert met <= target and target - met < 0.02, (target, action, met)
-            assert plan_fraction(schedule_plan(scores, theta, action, 4, "newton"), macs) == met
+            assert macs.fraction(schedule_plan(scores, theta, action, 4, "newton")) == met
             assert int(plan.skip_runs().max()) <= 4
     with pytest.raises(ValueError, match="below what evaluation 0"):
         threshold_for_budget(scores, 0.01, macs, "reuse", None, "newton")
@@ -92,7 +92,7 @@ def test_soft_cost_matches_the_plan_cost_at_hard_beta():
     macs = profile_macs("DiT-mnist")
     compute, actions = random_actions(20, 12, REUSE)
     plan = CachePlan.from_actions(actions)
-    assert float(soft_cost(compute.double(), macs)) == pytest.approx(plan_fraction(plan, macs), rel=1e-12)
+    assert float(soft_cost(compute.double(), macs)) == pytest.approx(macs.fraction(plan), rel=1e-12)
 
 
 def test_training_runs_the_plan_at_its_budget():
@@ -167,7 +167,7 @@ def test_trimming_removes_the_least_harmful_block_computations_until_the_budget_
 
     trimmed = trim_to_budget(interval, error, macs, 0.5, FORECAST2, progress=False)
     plan = CachePlan.from_actions(trimmed)
-    assert plan_fraction(plan, macs) <= 0.5 < plan_fraction(CachePlan.from_actions(interval), macs)
+    assert macs.fraction(plan) <= 0.5 < macs.fraction(CachePlan.from_actions(interval))
     removed = (interval.eq(COMPUTE) & ~plan.compute).view(E, 6, 2)
     assert bool((removed.all(2) == removed.any(2)).all())  # whole blocks only
     count = int(removed.all(2).sum())
@@ -255,9 +255,9 @@ def test_learned_method_points_meet_their_budgets(tmp_path):
     macs = profile_macs("DiT-tiny")
     ctx = SweepContext("ddim", 6, 6, 4, [1, 3, 5], macs, schedule_routers=[(str(out), router, meta)])
     (default,) = METHODS["learned"].points(ctx)
-    assert default.value == 0.6 and plan_fraction(default.plan, macs) <= 0.6
+    assert default.value == 0.6 and macs.fraction(default.plan) <= 0.6
     lower = METHODS["learned"].point(ctx, 0.45)
-    assert plan_fraction(lower.plan, macs) <= 0.45 < plan_fraction(default.plan, macs)
+    assert macs.fraction(lower.plan) <= 0.45 < macs.fraction(default.plan)
     # the sweep exports the file's forecast form, as `l2c sample` does (it once took Newton's by default)
     assert default.plan.form == meta["form"] == router_plan(router, meta).form
     assert torch.equal(default.plan.actions, router_plan(router, meta).actions)
@@ -317,7 +317,7 @@ def test_search_chooses_reuse_or_forecast_per_sublayer():
     found, trace = refine(start.actions, error, form="taylorseer", rounds=2, progress=False)
     assert torch.equal(found, goal) and trace.errors[-1] == 0
     macs = profile_macs("DiT-tiny")
-    assert plan_fraction(CachePlan.from_actions(found, form="taylorseer"), macs) < plan_fraction(start, macs)
+    assert macs.fraction(CachePlan.from_actions(found, form="taylorseer")) < macs.fraction(start)
     names = action_names(found)
     assert names == ["forecast2", "reuse", "forecast2", "forecast2"]
     scores = torch.where(found == COMPUTE, 0.9, 0.1).double()

@@ -13,13 +13,19 @@ import torch
 from ..cache.macs import MacProfile
 from ..cache.plan import ACTION_NAMES, COMPUTE, CachePlan
 from ..models import architecture_of
-from ..router.budget import action_names, plan_fraction, router_plan, threshold_for_budget
+from ..router.budget import action_names, router_plan, threshold_for_budget
 from ..router.files import save_router
 from ..router.report import plot_router
 from ..router.router import Router
 from ..sampling.samplers import Sampler
 from ..training.schedule_search import TrajectoryError, refine, trim_to_budget
-from ..training.trajectory import ScheduleTrainConfig, initial_logits, interval_just_over, train_schedule
+from ..training.trajectory import (
+    ScheduleTrainConfig,
+    initial_logits,
+    interval_just_over,
+    rows_actions,
+    train_schedule,
+)
 from ..utils.io import atomic_write_json
 
 # Held-out noise seeds of the search and of its check: far from the seeds images are evaluated on (0, 1, ...).
@@ -64,8 +70,7 @@ def train_schedule_job(
         start = plan.actions
         if near is not None:  # TaylorSeer's interval just over the budget, trimmed to it, if it starts better
             skipped = ACTION_NAMES.index(config.action)
-            interval = torch.full_like(start, skipped)
-            interval[:: near[0]] = COMPUTE
+            interval = rows_actions(E, L, slice(None, None, near[0]), config.action)
             budget = config.target_macs
             trimmed = trim_to_budget(interval, error, macs, budget, skipped, config.form, max_skip, progress)
             spread_error, trimmed_error = (error(CachePlan.from_actions(a, form=config.form)) for a in (start, trimmed))
@@ -89,7 +94,7 @@ def train_schedule_job(
         logits = torch.where(actions == COMPUTE, 4.0, -4.0).float()
         theta = 0.5
         plan = CachePlan.from_actions(actions, form=config.form, max_skip=max_skip)
-        met = plan_fraction(plan, macs)
+        met = macs.fraction(plan)
     router = Router(E, L, list(range(1, E)))
     router.logits.data.copy_(logits)
     router_meta = {

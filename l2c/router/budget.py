@@ -70,11 +70,6 @@ def _cap(compute: torch.Tensor, max_skip: int | None) -> torch.Tensor:
     return compute
 
 
-def plan_fraction(plan: CachePlan, macs: MacProfile) -> float:
-    """MACs of the plan's run over the uncached run of the same evaluations (paper convention)."""
-    return macs.fraction(plan)
-
-
 def threshold_for_budget(
     scores: torch.Tensor,
     target: float,
@@ -92,7 +87,7 @@ def threshold_for_budget(
     def plan_at(k: int):  # θ = the k-th largest distinct score: the k best scores computed (k = 0: none)
         theta = float(candidates[k])
         plan = schedule_plan(scores, theta, action, max_skip, form)
-        return theta, plan, plan_fraction(plan, macs)
+        return theta, plan, macs.fraction(plan)
 
     lo, hi = 0, len(values)  # the largest k with fraction <= target, by bisection (cost grows with k)
     best = plan_at(0)

@@ -175,10 +175,16 @@ def start_evaluations(E: int, macs: MacProfile, config: ScheduleTrainConfig) -> 
     return uniform
 
 
+def rows_actions(E: int, L: int, rows, action: str) -> torch.Tensor:
+    """The (E, L) action table that computes whole evaluations `rows` and does `action` elsewhere."""
+    actions = torch.full((E, L), ACTION_NAMES.index(action), dtype=torch.long)
+    actions[rows] = COMPUTE
+    return actions
+
+
 def rows_cost(E: int, rows: list[int], macs: MacProfile, config: ScheduleTrainConfig) -> float:
     """Exact MAC fraction of the plan that computes whole evaluations `rows` and does config.action elsewhere."""
-    actions = torch.full((E, len(macs.sublayer_linear)), ACTION_NAMES.index(config.action), dtype=torch.long)
-    actions[rows] = COMPUTE
+    actions = rows_actions(E, len(macs.sublayer_linear), rows, config.action)
     return macs.fraction(CachePlan.from_actions(actions, form=config.form))
 
 
