@@ -324,3 +324,45 @@ def test_search_chooses_reuse_or_forecast_per_sublayer():
     assert torch.equal(schedule_plan(scores, 0.5, names, None, "taylorseer").actions, found)
     with pytest.raises(ValueError, match="unknown action"):
         schedule_plan(scores, 0.5, ["forecast2", "bogus", "reuse", "reuse"], None, "newton")
+
+
+@pytest.mark.parametrize("clip", [None, (-1.0, 1.0)])
+def test_the_search_error_is_measured_on_what_generate_makes(clip):
+    """The search's error of a plan: the mean over images of log MSE against the uncached samples of the same noise,
+    as `generate` makes them; clipped to the image range when asked, so that what no saved image shows (a pixel at
+    -1.3 against -1.2) does not count."""
+    from l2c.cache.schedules import taylorseer
+    from l2c.training.schedule_search import TrajectoryError
+
+    model, spec = tiny(), default_spec("dit")
+    config = SampleConfig(sampler="ddim", steps=6, batch_size=4)
+    seeds, classes = [7, 8, 9, 10], [0, 1, 2, 3]  # TrajectoryError's: seed, seed + 1, ...; labels i mod classes
+    plan = taylorseer(6, 4, 3, 2)
+    reference = generate(model, spec, seeds, classes, config, progress=False)
+    cached = generate(model, spec, seeds, classes, config, plan=plan, progress=False)
+    assert (reference.abs() > 1).any()  # samples outside the image range: the case the clip is for
+    if clip is not None:
+        reference, cached = reference.clamp(*clip), cached.clamp(*clip)
+    expected = float((cached - reference).double().square().flatten(1).mean(1).log().mean())
+    error = TrajectoryError(model, config.make_sampler(spec), config.guidance_scale, 4, seed=7, clip=clip)
+    assert error(plan) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("flag, clipped", [("images", True), ("samples", False)])
+def test_search_error_flag_reaches_the_search(tmp_path, monkeypatch, flag, clipped):
+    import l2c.jobs.train_schedule as job
+
+    clips = []
+
+    class Recording(job.TrajectoryError):
+        def __init__(self, *args):
+            clips.append(args[-1])
+            super().__init__(*args)
+
+    monkeypatch.setattr(job, "TrajectoryError", Recording)
+    args = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--target-macs", "0.5"]
+    search = ["--search-rounds", "1", "--search-images", "2", "--check-images", "2", "--search-error", flag]
+    assert main([*args, *search, "--out", str(tmp_path / "s.safetensors")]) == 0
+    assert clips == [(-1.0, 1.0) if clipped else None] * 2  # the search set and the check set alike
+    _, meta = load_router(tmp_path / "s.safetensors")
+    assert meta["training"]["error_on"] == flag

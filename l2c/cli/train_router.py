@@ -69,6 +69,12 @@ def add_arguments(p) -> None:
         help="other held-out seeds a kept move must improve as well, against over-fitting the first set (0: none)",
     )
     g.add_argument(
+        "--search-error",
+        choices=["images", "samples"],
+        default="images",
+        help="what a move is measured on: the samples clipped to the saved images' range (pixel models), or unclipped",
+    )
+    g.add_argument(
         "--forecast-form",
         choices=["newton", "taylorseer"],
         default="newton",
@@ -129,6 +135,7 @@ def schedule_config(args):
         search_rounds=args.search_rounds,
         search_images=args.search_images,
         check_images=args.check_images,
+        error_on=args.search_error,
         guidance_scale=args.cfg,
         seed=args.seed,
         **overrides,

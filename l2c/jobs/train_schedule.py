@@ -27,7 +27,10 @@ from ..training.trajectory import (
     train_schedule,
 )
 from ..utils.io import atomic_write_json
+from .loading import is_latent
 
+# Pixel models' samples are images in [-1, 1]; saved images are clipped to it (l2c.jobs.generate.to_uint8).
+PIXEL_RANGE = (-1.0, 1.0)
 # Held-out noise seeds of the search and of its check: far from the seeds images are evaluated on (0, 1, ...).
 SEARCH_SEED, CHECK_SEED = 10**7, 2 * 10**7
 
@@ -63,11 +66,12 @@ def train_schedule_job(
     scores = torch.sigmoid(logits.double())
     theta, plan, met = threshold_for_budget(scores, config.target_macs, macs, config.action, max_skip, config.form)
     if config.search_rounds:
-        error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images, seed=SEARCH_SEED)
+        clip = PIXEL_RANGE if config.error_on == "images" and not is_latent(meta) else None
+        error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip)
         check = None
         if config.check_images:
-            check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, seed=CHECK_SEED)
-        start = plan.actions
+            check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, CHECK_SEED, clip)
+        start, start_error = plan.actions, None
         if near is not None:  # TaylorSeer's interval just over the budget, trimmed to it, if it starts better
             skipped = ACTION_NAMES.index(config.action)
             interval = rows_actions(E, L, slice(None, None, near[0]), config.action)
@@ -81,9 +85,8 @@ def train_schedule_job(
                 f"{'the trimmed interval' if trimmed_error < spread_error else 'the even spread'}",
                 flush=True,
             )
-            if trimmed_error < spread_error:
-                start = trimmed
-        actions, trace = refine(start, error, config.form, config.search_rounds, max_skip, progress, check)
+            start, start_error = (trimmed, trimmed_error) if trimmed_error < spread_error else (start, spread_error)
+        actions, trace = refine(start, error, config.form, config.search_rounds, max_skip, progress, check, start_error)
         history.update(
             search_errors=trace.errors,
             check_errors=trace.checks,

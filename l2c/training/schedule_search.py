@@ -16,9 +16,9 @@ the model without a cache). Moves keep the MACs unchanged:
 
 A move is kept when the error falls, and, with a second held-out set (`check`), when it falls there too: a move
 must be confirmed on noise it was not chosen on. The check costs one evaluation per move that passes the first test,
-a few percent of the search. The error is measured on the float samples, before the clamp and rounding of saved
-images; on U-ViT NFE 20 a move that lowered it on 1,000 unseen seeds lost 0.5 dB in 8-bit PSNR
-(docs/benchmarks.md). The result is budget-exact by construction (MACs equal, or lower for action moves).
+a few percent of the search. For pixel models the error is measured on the samples clipped to the image range, as
+they are saved: on U-ViT NFE 20 a move that lowered the unclipped error on 1,000 unseen seeds lost 0.5 dB in 8-bit
+PSNR (docs/benchmarks.md). The result is budget-exact by construction (MACs equal, or lower for action moves).
 """
 
 from __future__ import annotations
@@ -40,10 +40,21 @@ class TrajectoryError:
     """Mean over images of log(MSE) of a plan's final samples against the uncached ones, from fixed held-out noise:
     −PSNR up to constants, so every image counts alike (a plain MSE is carried by the few worst images, and a
     search on it traded typical images for them: on dit-mnist it lowered the held-out MSE and the PSNR of 500
-    evaluation images alike)."""
+    evaluation images alike).
 
-    def __init__(self, model, sampler: Sampler, guidance_scale: float, images: int, seed: int):
-        self.model, self.sampler = model, sampler
+    `clip`: the range saved images are clipped to (pixel models: (−1, 1)); both sides are clipped before the error,
+    so that what no saved image shows (a background pixel at −1.1 against −1.05) does not count."""
+
+    def __init__(
+        self,
+        model,
+        sampler: Sampler,
+        guidance_scale: float,
+        images: int,
+        seed: int,
+        clip: tuple[float, float] | None = None,
+    ):
+        self.model, self.sampler, self.clip = model, sampler, clip
         param = next(model.parameters())
         seeds = list(range(seed, seed + images))
         noise = StackedRandomGenerator(seeds, param.device)
@@ -58,9 +69,12 @@ class TrajectoryError:
     def _sample(self, plan: CachePlan | None) -> torch.Tensor:
         x = torch.cat([self.z] * self.copies)
         if plan is None:
-            return self.sampler.sample(self.denoise, x)[: len(self.z)]
-        with CacheEngine(self.model, plan) as engine:
-            return self.sampler.sample(engine.wrap(self.denoise), x)[: len(self.z)]
+            x = self.sampler.sample(self.denoise, x)
+        else:
+            with CacheEngine(self.model, plan) as engine:
+                x = self.sampler.sample(engine.wrap(self.denoise), x)
+        x = x[: len(self.z)]
+        return x if self.clip is None else x.clamp(*self.clip)
 
     def __call__(self, plan: CachePlan) -> float:
         self.evaluations += 1
@@ -83,16 +97,17 @@ def refine(
     max_skip: int | None = None,
     progress: bool = True,
     check: TrajectoryError | None = None,
+    start_error: float | None = None,
 ) -> tuple[torch.Tensor, SearchTrace]:
     """Improve an (E, L) action table by budget-neutral moves; returns it and the errors after each kept move.
     A move is kept when it lowers `error` and, given `check` (other held-out noise), lowers that too. Moves that break
-    the skip cap are not tried."""
+    the skip cap are not tried. `start_error`: `error` of the start, when the caller has measured it already."""
     actions = actions.clone()
     trace = SearchTrace()
     if not bool((actions != COMPUTE).any()):
         return actions, trace
     start = CachePlan.from_actions(actions, form=form, max_skip=max_skip)
-    best = error(start)
+    best = error(start) if start_error is None else start_error
     best_check = check(start) if check is not None else None
     trace.errors.append(best)
     if check is not None:

@@ -99,6 +99,9 @@ class ScheduleTrainConfig:
     search_rounds: int = 2  # rounds of budget-neutral moves measured on held-out noise (0: none)
     search_images: int = 64  # held-out noise seeds a move is measured on
     check_images: int = 64  # other held-out seeds a kept move must also improve (0: no check)
+    # what the search's error compares: "images", the samples clipped to the saved images' range (pixel models; a
+    # latent model's samples are compared as they are), or "samples", unclipped
+    error_on: str = "images"
     seed: int = 0
 
     def __post_init__(self):
@@ -106,6 +109,8 @@ class ScheduleTrainConfig:
             raise ValueError(f"the target MAC fraction must be in (0, 1), got {self.target_macs}")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
+        if self.error_on not in ("images", "samples"):
+            raise ValueError(f"error_on must be 'images' or 'samples', got {self.error_on!r}")
         if self.init not in ("taylorseer", "flat"):
             raise ValueError(f"init must be 'taylorseer' or 'flat', got {self.init!r}")
         if self.iterations < 0:
