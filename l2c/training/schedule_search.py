@@ -62,11 +62,12 @@ class TrajectoryError:
         self.z = noise.randn(shape, dtype=param.dtype, device=param.device)
         y = torch.arange(images, device=param.device) % model.null_class
         self.denoise, self.copies = guided_denoiser(model, y, guidance_scale)
-        self.reference = self._sample(None)
+        self.reference = self.samples(None)
         self.evaluations = 0
 
     @torch.no_grad()
-    def _sample(self, plan: CachePlan | None) -> torch.Tensor:
+    def samples(self, plan: CachePlan | None) -> torch.Tensor:
+        """Final samples of the held-out noise with `plan` (None: uncached), clipped as the error sees them."""
         x = torch.cat([self.z] * self.copies)
         if plan is None:
             x = self.sampler.sample(self.denoise, x)
@@ -78,7 +79,7 @@ class TrajectoryError:
 
     def __call__(self, plan: CachePlan) -> float:
         self.evaluations += 1
-        per_image = (self._sample(plan) - self.reference).double().square().flatten(1).mean(1)
+        per_image = (self.samples(plan) - self.reference).double().square().flatten(1).mean(1)
         return float(per_image.clamp_min(1e-20).log().mean())
 
 
