@@ -166,6 +166,7 @@ CASES = [
     ("train-router seed negative", "train-router --seed -1", ["--seed"]),
     ("schedule search images 0", "train-router --target-speedup 2 --search-images 0", ["--search-images"]),
     ("schedule check images -1", "train-router --target-speedup 2 --check-images -1", ["--check-images"]),
+    ("schedule search error unknown", "train-router --target-macs 0.5 --search-error pixels", ["--search-error"]),
     ("schedule search rounds -1", "train-router --target-speedup 2 --search-rounds -1", ["--search-rounds"]),
     ("train-model steps 0", "train-model --steps 0 --out {w}/m", ["--steps"]),
     ("train-model ema 1.5", "train-model --ema-decay 1.5 --out {w}/m", ["--ema-decay"]),

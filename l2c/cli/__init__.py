@@ -23,7 +23,7 @@ from . import (
     train_model,
     train_router,
 )
-from .common import Formatter
+from .common import Formatter, OneLineParser
 from .errors import is_user_error, report_bug, report_interrupt, report_user_error
 from .validate import check_arguments
 
@@ -52,7 +52,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="l2c", description=__doc__, epilog=EPILOG, formatter_class=Formatter)
+    p = OneLineParser(prog="l2c", description=__doc__, epilog=EPILOG, formatter_class=Formatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..utils import distributed
     from ..utils.cpu_memory import keep_freed_memory
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a bad argument (2, its one line already printed)
+        return e.code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         check_arguments(args)  # numbers, device and paths, before any work

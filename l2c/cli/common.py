@@ -14,6 +14,14 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
     pass
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad argument gets one line and exit code 2, like every other refusal of the command line (argparse's own
+    error() prints the whole usage first). Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
