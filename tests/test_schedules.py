@@ -136,6 +136,11 @@ def test_a_budget_just_under_an_interval_is_pointed_to_it(tmp_path, capsys):
     assert interval == 2 and 0.5 < cost < 0.51
     for far in (0.4, 0.667):  # an interval fills 0.4; 0.667 has none within 5 %
         assert interval_just_over(20, macs, ScheduleTrainConfig(target_macs=far)) is None
+    # U-ViT-mnist NFE 20 at 0.25: N = 5 (and N = 6, as many evaluations) costs 0.257 with its forecast arithmetic,
+    # so the start is N = 7 and N = 5 the interval just over (it once started from N = 5 cut down at random and
+    # ended 5 dB below it)
+    interval, cost = interval_just_over(20, profile_macs("U-ViT-mnist"), ScheduleTrainConfig(target_macs=0.25))
+    assert interval == 5 and 0.25 < cost < 0.26
     assert start_evaluations(20, macs, ScheduleTrainConfig(target_macs=0.51)) == list(range(0, 20, 2))
 
     out = tmp_path / "s.safetensors"

@@ -53,9 +53,9 @@ def train_schedule_job(
     near = interval_just_over(E, macs, config) if config.init == "taylorseer" else None
     if near is not None and not config.search_rounds:
         print(
-            f"note: the plan computes evaluations spread unevenly; TaylorSeer's interval {near[0]} costs "
-            f"{near[1]:.3f} of the MACs, {near[1] / config.target_macs - 1:.1%} over the budget, and uneven plans "
-            f"have lost to such an interval (docs/benchmarks.md): --target-macs {math.ceil(near[1] * 1000) / 1000} "
+            f"note: TaylorSeer's interval {near[0]} costs {near[1]:.3f} of the MACs, "
+            f"{near[1] / config.target_macs - 1:.1%} over the budget, and plans just under such an interval have "
+            f"lost to it (docs/benchmarks.md): --target-macs {math.ceil(near[1] * 1000) / 1000} "
             "takes it, and a search (--search-rounds) also tries it trimmed to the budget",
             flush=True,
         )
