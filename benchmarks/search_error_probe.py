@@ -22,12 +22,12 @@ from l2c.metrics.scores import paired_metrics
 from l2c.router.budget import router_plan
 from l2c.router.files import load_router
 from l2c.sampling.samplers import default_sampler, make_sampler
-from l2c.training.schedule_search import TrajectoryError
+from l2c.training.schedule_search import TrajectoryError, per_image_mse
 
 
 def errors(cached: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """(mean over images of log MSE, log of the mean MSE)."""
-    per_image = (cached - reference).double().square().flatten(1).mean(1)
+    per_image = per_image_mse(cached, reference)
     return float(per_image.clamp_min(1e-20).log().mean()), float(per_image.mean().log())
 
 

@@ -170,7 +170,7 @@ def test_trimming_removes_the_least_harmful_block_computations_until_the_budget_
         removed = interval.eq(COMPUTE) & ~plan.compute
         return float((harm * removed.view(E, 6, 2).all(2)).sum())
 
-    trimmed = trim_to_budget(interval, error, macs, 0.5, FORECAST2, progress=False)
+    trimmed, _ = trim_to_budget(interval, error, macs, 0.5, FORECAST2, progress=False)
     plan = CachePlan.from_actions(trimmed)
     assert macs.fraction(plan) <= 0.5 < macs.fraction(CachePlan.from_actions(interval))
     removed = (interval.eq(COMPUTE) & ~plan.compute).view(E, 6, 2)

@@ -76,8 +76,10 @@ def train_schedule_job(
             skipped = ACTION_NAMES.index(config.action)
             interval = rows_actions(E, L, slice(None, None, near[0]), config.action)
             budget = config.target_macs
-            trimmed = trim_to_budget(interval, error, macs, budget, skipped, config.form, max_skip, progress)
-            spread_error, trimmed_error = (error(CachePlan.from_actions(a, form=config.form)) for a in (start, trimmed))
+            trimmed, trimmed_error = trim_to_budget(
+                interval, error, macs, budget, skipped, config.form, max_skip, progress
+            )
+            spread_error = error(CachePlan.from_actions(start, form=config.form))
             history.update(start_errors={"evenly spread": spread_error, f"interval {near[0]} trimmed": trimmed_error})
             print(
                 f"search start: interval {near[0]} trimmed to the budget (error {trimmed_error:.3f}) against "
