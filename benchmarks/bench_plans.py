@@ -1,23 +1,25 @@
-"""Measured against MAC-predicted speedup of general cache plans (reuse and forecasts) on the bundled dit-mnist.
+"""Measured against MAC-predicted speedup of general cache plans (reuse, forecasts, learned schedules) on a bundled
+model, on a CPU or a GPU, eager or compiled, at several batch sizes.
 
-    python benchmarks/bench_plans.py                          # DDIM-50, guidance 1.5, batches 256 and 1000
+    python benchmarks/bench_plans.py                          # dit-mnist DDIM-50, guidance 1.5, batches 256 and 1000
     python benchmarks/bench_plans.py --batch-sizes 64 --repeats 5 --json plans.json
+    # on a GPU: learned schedules beside TaylorSeer, eager and compiled, batches 64 to 1,000
+    python benchmarks/bench_plans.py --device cuda --steps 20 --intervals 3 5 --families taylorseer-o2 \
+        --schedule-routers routers/dit20-budget-*.safetensors --arms eager/fp32,compiled/fp32 --batch-sizes 64 256 1000
 
-Uncached sampling, FORA(3) and TaylorSeer(N=3, order 1 and 2) run in one process: a warm-up run each (8 images),
-then the methods interleaved (a, b, c, d, a, b, ...) so drift of the machine hits them alike; medians are compared.
-The MAC speedup is full MACs / plan MACs for the whole run in the analytic convention (Linear + attention matmuls),
-the plan's forecasting arithmetic included. Peak stored is the most memory the engine held at once in cached
-outputs, differences and forecast buffers. PSNR is against the uncached images of the same seeds (first repeat).
-The issue's target is measured / MAC >= 0.9.
+Per batch size and arm (mode/precision), every plan first runs once (the warm-up; compiled arms compile there, at
+the timed batch so that no new shape recompiles later), then the plans run interleaved (a, b, c, a, b, c, ...) so
+drift of the machine hits them alike; medians are compared. The MAC speedup is full MACs / plan MACs for the whole
+run in the analytic convention (Linear + attention matmuls), the plan's forecasting arithmetic included. Peak stored
+is the most memory the engine held at once in cached outputs, differences and forecast buffers. PSNR is against the
+uncached images of the same seeds and arm (first repeat). The issue's target is measured / MAC >= 0.9.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,102 +30,152 @@ from l2c.cache import CacheEngine  # noqa: E402
 from l2c.cache.layout import sublayers  # noqa: E402
 from l2c.cache.macs import profile_macs  # noqa: E402
 from l2c.cache.schedules import fora, taylorseer  # noqa: E402
+from l2c.jobs.compile import CompiledCache  # noqa: E402
 from l2c.jobs.generate import SampleConfig  # noqa: E402
-from l2c.jobs.timing import device_name  # noqa: E402
+from l2c.jobs.timing import device_name, time_runs  # noqa: E402
 from l2c.models.checkpoints import load_model  # noqa: E402
+from l2c.router.budget import router_plan  # noqa: E402
+from l2c.router.files import check_router_fits, load_router  # noqa: E402
 from l2c.sampling import StackedRandomGenerator  # noqa: E402
 from l2c.sampling.diffusion import DiffusionSpec  # noqa: E402
 from l2c.sampling.guidance import guided_denoiser  # noqa: E402
+from l2c.sampling.samplers import default_sampler  # noqa: E402
 from l2c.utils.cpu_memory import keep_freed_memory  # noqa: E402
+from l2c.utils.precision import precision_scope  # noqa: E402
+
+# --families: (evaluations, sub-layers, interval N) -> plan
+FAMILIES = {
+    "fora": ("FORA({n})", fora),
+    "taylorseer-o1": ("TaylorSeer({n},1)", lambda e, s, n: taylorseer(e, s, n, 1)),
+    "taylorseer-o2": ("TaylorSeer({n},2)", lambda e, s, n: taylorseer(e, s, n, 2)),
+}
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="dit-mnist", help="bundled model")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--sampler", default=None, help="sampler (default: the model's own, as `l2c sample`)")
+    p.add_argument("--steps", type=int, default=50, help="steps (DDIM) or NFE (DPM-Solver)")
     p.add_argument("--guidance-scale", type=float, default=1.5, help="guidance weight w")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1000], help="images per sampling run")
-    p.add_argument("--interval", type=int, default=3, help="N of FORA(N) and TaylorSeer(N, O)")
+    p.add_argument("--intervals", type=int, nargs="*", default=[3], help="N of FORA(N) and TaylorSeer(N, O)")
+    p.add_argument(
+        "--families", default="fora,taylorseer-o1,taylorseer-o2", help=f"comma-separated: {', '.join(FAMILIES)}"
+    )
+    p.add_argument(
+        "--schedule-routers", nargs="*", default=[], help="learned schedule routers (train-router --target-macs)"
+    )
+    p.add_argument(
+        "--arms", default="eager/fp32", help="comma-separated mode/precision: eager|compiled / fp32|tf32|bf16|fp16"
+    )
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled arms")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up runs per method (CUDA graphs record over 2-3)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--json", default=None, help="also write the results here")
-    return p.parse_args()
+    args = p.parse_args()
+    for family in filter(None, args.families.split(",")):
+        if family not in FAMILIES:
+            p.error(f"--families: unknown {family!r}; use {', '.join(FAMILIES)}")
+    for arm in args.arms.split(","):
+        mode, _, dtype = arm.partition("/")
+        if mode not in ("eager", "compiled") or dtype not in ("fp32", "tf32", "bf16", "fp16"):
+            p.error(f"--arms: {arm!r} is not eager|compiled / fp32|tf32|bf16|fp16")
+    if min(args.batch_sizes) < 1 or min(args.intervals, default=1) < 1 or min(args.repeats, args.warmup) < 1:
+        p.error("batch sizes, intervals, repeats and warm-ups must be >= 1")
+    return args
 
 
-def make_plans(steps: int, num_sublayers: int, interval: int) -> dict:
-    return {
-        "uncached": None,
-        f"FORA({interval})": fora(steps, num_sublayers, interval),
-        f"TaylorSeer({interval},1)": taylorseer(steps, num_sublayers, interval, 1),
-        f"TaylorSeer({interval},2)": taylorseer(steps, num_sublayers, interval, 2),
-    }
+def make_plans(args, model, config: SampleConfig, evaluations: int) -> dict:
+    """label -> plan (None = uncached): the training-free families at each interval, then each learned schedule."""
+    num_sublayers = len(sublayers(model))
+    plans = {"uncached": None}
+    for n in args.intervals:
+        for family in filter(None, args.families.split(",")):
+            label, make = FAMILIES[family]
+            plans[label.format(n=n)] = make(evaluations, num_sublayers, n)
+    for path in args.schedule_routers:
+        router, meta = load_router(path)
+        check_router_fits(router, meta, num_sublayers, config.sampler, evaluations)
+        plans[f"learned {Path(path).stem}"] = router_plan(router, meta)
+    return plans
 
 
 @torch.no_grad()
-def sample_once(model, sampler, config: SampleConfig, plan, batch: int) -> tuple[float, int, torch.Tensor]:
-    """(seconds of the sampling loop, peak stored bytes, images) for seeds 0..batch-1, classes i mod 10."""
-    y = torch.arange(batch) % 10
-    noise = StackedRandomGenerator(list(range(batch)))
-    z = noise.randn((batch, model.in_channels, model.input_size, model.input_size))
+def sample_once(model, sampler, config: SampleConfig, plan, batch: int, device, record: dict) -> None:
+    """Samples seeds 0..batch-1 (classes i mod 10); keeps the images and the engine's peak stored bytes in record."""
+    y = torch.arange(batch, device=device) % 10
+    noise = StackedRandomGenerator(list(range(batch)), device)
+    z = noise.randn((batch, model.in_channels, model.input_size, model.input_size), device=device)
     denoise, copies = guided_denoiser(model, y, config.guidance_scale)
-    engine = CacheEngine(model, plan) if plan is not None else None
+    if config.compile:
+        engine = CompiledCache(model, plan, config.compile_mode)
+    else:
+        engine = CacheEngine(model, plan) if plan is not None else None
     try:
         if engine is not None:
             denoise = engine.wrap(denoise)
-        start = time.perf_counter()
-        x = sampler.sample(denoise, torch.cat([z] * copies), noise.randn_like)
-        seconds = time.perf_counter() - start
-        return seconds, engine.peak_stored_bytes if engine else 0, x[:batch]
+        with precision_scope(model, config.dtype):
+            x = sampler.sample(denoise, torch.cat([z] * copies), noise.randn_like)
+        record["images"] = x[:batch]
+        record["peak"] = engine.peak_stored_bytes if plan is not None else 0
     finally:
         if engine is not None:
             engine.detach()
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    mse = float((x - ref).square().mean())  # images in [-1, 1]: peak-to-peak 2
+    mse = float((x.float() - ref.float()).square().mean())  # images in [-1, 1]: peak-to-peak 2
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(4.0 / mse)).item()
 
 
-def bench_batch(model, sampler, config, plans, macs, batch: int, repeats: int) -> list[dict]:
-    for plan in plans.values():  # warm-up on a few images: one run of a full-size batch costs minutes on a CPU
-        sample_once(model, sampler, config, plan, min(batch, 8))
-    runs = {name: [] for name in plans}
-    peak, images = {}, {}
-    for repeat in range(repeats):
-        for name, plan in plans.items():
-            seconds, peak[name], x = sample_once(model, sampler, config, plan, batch)
-            runs[name].append(seconds)
-            print(f"batch {batch}, repeat {repeat + 1}/{repeats}, {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
-            if repeat == 0:
-                images[name] = x
-    base = statistics.median(runs["uncached"])
-    full = macs.full("analytic") * config.steps
+def bench_arm(args, model, sampler, config, plans, macs, batch: int, device) -> list[dict]:
+    records = {name: {} for name in plans}
+    images = {}
+
+    def run(name, plan):
+        def fn():
+            sample_once(model, sampler, config, plan, batch, device, records[name])
+            images.setdefault(name, records[name]["images"])  # the first timed run's images
+
+        return fn
+
+    for name, plan in plans.items():  # warm-up (and compilation) at the timed batch
+        for _ in range(args.warmup):
+            sample_once(model, sampler, config, plan, batch, device, records[name])
+        print(f"  warm-up {name}: done", file=sys.stderr, flush=True)
+    timing = time_runs({name: run(name, plan) for name, plan in plans.items()}, args.repeats, warmup=0, device=device)
+    base = timing["uncached"]["median_s"]
+    full = macs.full("analytic") * sampler.num_evaluations
     rows = []
     for name, plan in plans.items():
-        measured = base / statistics.median(runs[name])
+        measured = base / timing[name]["median_s"]
         predicted = full / (macs.plan_total(plan, "analytic") if plan is not None else full)
         rows.append(
             {
                 "batch": batch,
+                "arm": f"{'compiled' if config.compile else 'eager'}/{config.dtype}",
                 "method": name,
-                "median_s": statistics.median(runs[name]),
-                "runs_s": runs[name],
+                "median_s": timing[name]["median_s"],
+                "runs_s": timing[name]["runs"],
                 "measured_speedup": measured,
                 "mac_speedup": predicted,
                 "measured_over_mac": measured / predicted,
-                "peak_stored_bytes": peak[name],
+                "peak_stored_bytes": records[name]["peak"],
                 "psnr_vs_uncached_db": psnr(images[name], images["uncached"]),
             }
         )
+        print(f"batch {batch} {rows[-1]['arm']} {name}: {measured:.2f}x of {predicted:.2f}x", file=sys.stderr)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| batch | method | median s | measured | MAC | measured/MAC | peak stored | PSNR vs uncached |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| batch | arm | method | median s | measured | MAC | measured/MAC | peak stored | PSNR vs uncached |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['batch']} | {r['method']} | {r['median_s']:.2f} | {r['measured_speedup']:.2f}x | "
+            f"| {r['batch']} | {r['arm']} | {r['method']} | {r['median_s']:.3f} | {r['measured_speedup']:.2f}x | "
             f"{r['mac_speedup']:.2f}x | {r['measured_over_mac']:.3f} | {r['peak_stored_bytes'] / 2**20:.1f} MiB | "
             f"{r['psnr_vs_uncached_db']:.1f} dB |"
         )
@@ -131,23 +183,46 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     args = parse()
-    keep_freed_memory()  # as the `l2c` command does on a CPU
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the `l2c` command does on a CPU
     if args.threads:
         torch.set_num_threads(args.threads)
     model, meta = load_model(args.model)
-    model.eval().requires_grad_(False)
-    config = SampleConfig(sampler="ddim", steps=args.steps, guidance_scale=args.guidance_scale)
-    sampler = config.make_sampler(DiffusionSpec(**meta["diffusion"]))
-    plans = make_plans(sampler.num_evaluations, len(sublayers(model)), args.interval)
-    macs = profile_macs(meta["preset"])
+    model = model.to(device).eval().requires_grad_(False)
+    spec = DiffusionSpec(**meta["diffusion"])
+    sampler_name = args.sampler or default_sampler(model, spec)
     rows = []
-    for batch in args.batch_sizes:
-        rows += bench_batch(model, sampler, config, plans, macs, batch, args.repeats)
-    device = device_name("cpu")
-    print(f"{args.model}, DDIM-{args.steps}, guidance {args.guidance_scale}, {device}, torch {torch.__version__}")
+    for arm in args.arms.split(","):
+        mode, _, dtype = arm.partition("/")
+        config = SampleConfig(
+            sampler=sampler_name,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            dtype=dtype,
+            compile=mode == "compiled",
+            compile_mode=args.compile_mode,
+        )
+        sampler = config.make_sampler(spec)
+        plans = make_plans(args, model, config, sampler.num_evaluations)
+        macs = profile_macs(meta["preset"])
+        for batch in args.batch_sizes:
+            rows += bench_arm(args, model, sampler, config, plans, macs, batch, device)
+    name = device_name(device)
+    print(
+        f"{args.model}, {sampler_name} {args.steps}, guidance {args.guidance_scale}, {name}, torch {torch.__version__}"
+    )
     print_table(rows)
     if args.json:
-        record = {"model": args.model, "steps": args.steps, "device": device, "torch": torch.__version__, "rows": rows}
+        record = {
+            "model": args.model,
+            "sampler": sampler_name,
+            "steps": args.steps,
+            "device": name,
+            "torch": torch.__version__,
+            "args": vars(args),
+            "rows": rows,
+        }
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
 
 
