@@ -369,3 +369,58 @@ def test_search_error_flag_reaches_the_search(tmp_path, monkeypatch, flag, clipp
     assert clips == [(-1.0, 1.0) if clipped else None] * 2  # the search set and the check set alike
     _, meta = load_router(tmp_path / "s.safetensors")
     assert meta["training"]["error_on"] == flag
+
+
+@pytest.mark.parametrize("sampler_name", ["ddim", "dpm-solver-2", "dpm-solver-2m"])
+def test_a_resumed_candidate_run_equals_a_run_from_the_noise(sampler_name, monkeypatch):
+    """The search runs a candidate from a snapshot of the kept plan's run, taken before the first evaluation where
+    the two plans (or what they store) differ; its error is bit-identical to a run from the noise, and it is shorter."""
+    from l2c.cache.schedules import taylorseer
+    from l2c.training.schedule_search import TrajectoryError, _moves
+
+    model, spec = tiny(), default_spec("dit")
+    sampler = SampleConfig(sampler=sampler_name, steps=8).make_sampler(spec)
+    E = sampler.num_evaluations
+    kept = taylorseer(E, 4, 3, 2)
+    resuming = TrajectoryError(model, sampler, 1.5, 3, seed=5, clip=(-1.0, 1.0), resume_every=1)
+    fresh = TrajectoryError(model, sampler, 1.5, 3, seed=5, clip=(-1.0, 1.0), resume_every=0)
+    resuming.adopt(kept)
+    steps_run = []
+    step = type(sampler).step
+    monkeypatch.setattr(type(sampler), "step", lambda self, *a, **k: steps_run.append(a[2]) or step(self, *a, **k))
+    candidates = [CachePlan.from_actions(a, form=kept.form) for a in _moves(kept.actions)]
+    assert len(candidates) >= 10
+    resumed = 0
+    for plan in candidates:
+        steps_run.clear()
+        assert resuming(plan) == fresh(plan)
+        resumed += steps_run[0] > 0
+    assert resumed >= len(candidates) // 3  # most moves change the plan after its first steps
+    late = next(p for p in candidates if bool(p.actions[: E // 2].eq(kept.actions[: E // 2]).all()))
+    steps_run.clear()
+    resuming(late)
+    assert 0 < steps_run[0] and len(steps_run) < sampler.num_steps  # resumed, not run from the noise
+    steps_run.clear()
+    other_form = CachePlan.from_actions(late.actions, form="newton")  # differences mean something else: no resume
+    assert resuming(other_form) == fresh(other_form) and steps_run[0] == 0
+
+
+def test_the_search_finds_the_same_schedule_resuming_or_not():
+    from l2c.cache.plan import FORECAST2
+    from l2c.cache.schedules import taylorseer
+    from l2c.training.schedule_search import TrajectoryError, refine, trim_to_budget
+
+    model, spec = tiny(), default_spec("dit")
+    sampler = SampleConfig(sampler="ddim", steps=9).make_sampler(spec)
+    macs = profile_macs("DiT-tiny")
+    results = []
+    for every in (0, 2):
+        error = TrajectoryError(model, sampler, 1.5, 2, seed=0, resume_every=every)
+        check = TrajectoryError(model, sampler, 1.5, 2, seed=100, resume_every=every)
+        trimmed, value = trim_to_budget(taylorseer(9, 4, 2, 2).actions, error, macs, 0.6, FORECAST2, progress=False)
+        found, trace = refine(trimmed, error, rounds=2, progress=False, check=check, start_error=value)
+        results.append((trimmed, value, found, trace))
+    (t0, v0, f0, r0), (t1, v1, f1, r1) = results
+    assert torch.equal(t0, t1) and v0 == v1 and torch.equal(f0, f1)
+    assert r0.errors == r1.errors and r0.checks == r1.checks and r0.rejected == r1.rejected
+    assert len(r0.errors) > 1  # the search kept moves: the comparison covers resumed candidates after them

@@ -199,6 +199,21 @@ class CacheEngine(SublayerHooks):
 
         return cached_denoise
 
+    def snapshot(self) -> dict:
+        """What the running plan has stored now, to resume from with restore() (the schedule search resumes candidate
+        plans from the run of the plan they modify, l2c.training.schedule_search)."""
+        if self._runner is None:
+            raise RuntimeError("this engine runs no plan: nothing to snapshot")
+        return self._runner.snapshot()
+
+    def restore(self, state: dict) -> None:
+        """Continue from a snapshot(). The next evaluation is the one the snapshot was taken before; the snapshot's
+        plan must agree with this one on every evaluation before it (l2c.cache.hooks.plan_rows), which the caller
+        checks."""
+        if self._runner is None:
+            raise RuntimeError("this engine runs no plan: nothing to restore")
+        self._runner.restore(state)
+
     # ------------------------------------------------------------------ behaviours for router training
     @contextmanager
     def recording(self):

@@ -44,6 +44,15 @@ class SublayerHistory:
     def nbytes(self) -> int:
         return _nbytes(self.f0) + _nbytes(self.f1) + _nbytes(self.f2) + _nbytes(self.out)
 
+    def copy(self) -> SublayerHistory:
+        """A copy that running on does not change: the difference buffers, updated in place, are cloned; f0 is
+        shared (a history replaces it, never writes it); the forecast buffer is scratch and is allocated again."""
+        twin = SublayerHistory(self.newton)
+        twin.f0, twin.j0, twin.j1, twin.order = self.f0, self.j0, self.j1, self.order
+        twin.f1 = None if self.f1 is None else self.f1.clone()
+        twin.f2 = None if self.f2 is None else self.f2.clone()
+        return twin
+
     def push(self, out: torch.Tensor, j: int, want: int) -> None:
         """Record the output computed at evaluation j, keeping differences up to order `want` (when available)."""
         order = min(want, self.order + 1)

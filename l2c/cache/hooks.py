@@ -75,6 +75,16 @@ class RunPlan:
         self.histories.clear()
         self.stored_bytes = self.peak_bytes = 0
 
+    def snapshot(self) -> dict:
+        """The stored histories as they stand, as copies that running on leaves unchanged (see restore)."""
+        return {key: history.copy() for key, history in self.histories.items()}
+
+    def restore(self, histories: dict) -> None:
+        """Continue from a snapshot() (itself kept unchanged, so it can be restored again); the memory peak counts
+        from here."""
+        self.histories = {key: history.copy() for key, history in histories.items()}
+        self.stored_bytes = self.peak_bytes = sum(h.nbytes() for h in self.histories.values())
+
     def __call__(self, step, slot, index, forward, args, kwargs):
         action = self.actions[step][index]
         if action == COMPUTE:
@@ -144,6 +154,15 @@ class RunPlan:
         if key not in self._zeros:
             self._zeros[key] = torch.zeros_like(x)
         return self._zeros[key]
+
+
+def plan_rows(plan: CachePlan) -> list[tuple]:
+    """Per evaluation, everything RunPlan does at it: the actions, the orders kept at computed cells and the histories
+    released. Two plans whose rows agree before evaluation j leave the same stored outputs at j, so a run of one can
+    be resumed as a run of the other from a snapshot taken there."""
+    keep = plan.history_orders().tolist()
+    release = _last_reads(plan)
+    return [(tuple(a), tuple(k), tuple(r)) for a, k, r in zip(plan.actions.tolist(), keep, release)]
 
 
 def _last_reads(plan: CachePlan) -> list[list[bool]]:
