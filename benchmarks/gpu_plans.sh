@@ -8,27 +8,7 @@
 set -u
 out=${1:?usage: benchmarks/gpu_plans.sh OUT_DIR}
 cd "$(dirname "$0")/.."
-res=$(mktemp -d)
-export PYTHONUNBUFFERED=1
-python=${PYTHON:-python3}
-{
-  date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
-  $python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-  nproc
-} 2>&1 | tee "$res/machine.txt"
-
-stage() {  # name, time limit (s), bench_plans arguments...
-  local name=$1 limit=$2
-  shift 2
-  if [ -n "${STAGES:-}" ] && [[ " $STAGES " != *" $name "* ]]; then return; fi
-  echo "== $name (limit ${limit} s) start $(date +%T)"
-  timeout "$limit" "$python" benchmarks/bench_plans.py --device cuda --json "$res/$name.json" "$@" > "$res/$name.log" 2>&1
-  local rc=$?
-  echo "== $name exit $rc at $(date +%T)"
-  if [ $rc = 0 ]; then grep -E '^\|' "$res/$name.log" | cut -c1-200; else tail -n 8 "$res/$name.log"; fi
-  tar czf "$out/results.tgz" -C "$res" .
-}
+source benchmarks/gpu_stages.sh
 
 dit20=(routers/dit20-budget-0.667.safetensors routers/dit20-budget-0.5-trimmed.safetensors
        routers/dit20-budget-0.4.safetensors routers/dit20-budget-0.333.safetensors routers/dit20-budget-0.25.safetensors)
@@ -36,24 +16,29 @@ uvit20=(routers/uvit20-budget-0.667.safetensors routers/uvit20-budget-0.5.safete
         routers/uvit20-budget-0.333.safetensors routers/uvit20-budget-0.25-trimmed.safetensors)
 dit50=(routers/dit50-schedule-0.215-newton.safetensors)
 common=(--families taylorseer-o2 --repeats 5)
+plans() {  # name, time limit (s), bench_plans arguments...
+  local name=$1 limit=$2
+  shift 2
+  stage "$name" "$limit" "$python" benchmarks/bench_plans.py --device cuda --json "$res/$name.json" "$@"
+}
 
 # 1. dit-mnist DDIM-20: the five learned budgets beside TaylorSeer order 2 at N 3 and 5, eager tf32
-stage dit20-eager 100 --model dit-mnist --steps 20 --intervals 3 5 "${common[@]}" --schedule-routers "${dit20[@]}" \
+plans dit20-eager 100 --model dit-mnist --steps 20 --intervals 3 5 "${common[@]}" --schedule-routers "${dit20[@]}" \
   --arms eager/tf32 --batch-sizes 64 256 1000
 # 2. dit-mnist DDIM-50: the learned schedule at 4.69x MACs beside TaylorSeer N 3 and 5
-stage dit50-eager 70 --model dit-mnist --steps 50 --intervals 3 5 "${common[@]}" --schedule-routers "${dit50[@]}" \
+plans dit50-eager 70 --model dit-mnist --steps 50 --intervals 3 5 "${common[@]}" --schedule-routers "${dit50[@]}" \
   --arms eager/tf32 --batch-sizes 64 1000
 # 3. uvit-mnist DPM-Solver-2 NFE 20: the five learned budgets beside TaylorSeer N 3 and 4
-stage uvit20-eager 90 --model uvit-mnist --steps 20 --intervals 3 4 "${common[@]}" --schedule-routers "${uvit20[@]}" \
+plans uvit20-eager 90 --model uvit-mnist --steps 20 --intervals 3 4 "${common[@]}" --schedule-routers "${uvit20[@]}" \
   --arms eager/tf32 --batch-sizes 64 1000
 # 4. compiled blocks (torch.compile default mode) at batch 1,000, where launches weigh least
-stage dit20-compiled 150 --model dit-mnist --steps 20 --intervals 3 5 "${common[@]}" --schedule-routers "${dit20[@]}" \
+plans dit20-compiled 150 --model dit-mnist --steps 20 --intervals 3 5 "${common[@]}" --schedule-routers "${dit20[@]}" \
   --arms compiled/tf32 --batch-sizes 1000
-stage dit50-compiled 90 --model dit-mnist --steps 50 --intervals 5 "${common[@]}" --schedule-routers "${dit50[@]}" \
+plans dit50-compiled 90 --model dit-mnist --steps 50 --intervals 5 "${common[@]}" --schedule-routers "${dit50[@]}" \
   --arms compiled/tf32 --batch-sizes 1000
 # 5. CUDA graphs (reduce-overhead): launches gone, what is left of each plan's per-sub-layer bookkeeping; three warm-ups
 #    let each plan's graphs record before timing
-stage dit20-cudagraphs 200 --model dit-mnist --steps 20 --intervals 5 "${common[@]}" --warmup 3 --compile-mode reduce-overhead \
+plans dit20-cudagraphs 200 --model dit-mnist --steps 20 --intervals 5 "${common[@]}" --warmup 3 --compile-mode reduce-overhead \
   --schedule-routers routers/dit20-budget-0.5-trimmed.safetensors routers/dit20-budget-0.25.safetensors \
   --arms compiled/tf32 --batch-sizes 1000
 echo "== done $(date +%T)"
