@@ -424,3 +424,17 @@ def test_the_search_finds_the_same_schedule_resuming_or_not():
     assert torch.equal(t0, t1) and v0 == v1 and torch.equal(f0, f1)
     assert r0.errors == r1.errors and r0.checks == r1.checks and r0.rejected == r1.rejected
     assert len(r0.errors) > 1  # the search kept moves: the comparison covers resumed candidates after them
+
+
+def test_a_budget_between_two_intervals_names_the_cheaper_interval(tmp_path, capsys):
+    """At a budget between two TaylorSeer intervals the learned schedule lost to the cheaper interval alone (dit-mnist
+    DDIM-50, 0.40 and 0.333): train-router says so, naming the --target-macs that takes it."""
+    args = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "9", "--search-rounds", "0"]
+    assert main([*args, "--target-macs", "0.55", "--out", str(tmp_path / "a.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "between TaylorSeer's intervals 2 and 3; interval 3 alone costs" in printed
+    taken = float(printed.split("--target-macs ")[1].split()[0])
+    assert main([*args, "--target-macs", str(taken), "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert "between TaylorSeer's intervals" not in capsys.readouterr().out  # the interval itself: no note
+    _, meta = load_router(tmp_path / "b.safetensors")
+    assert meta["actions"]["compute"] == 3 * 4  # evaluations 0, 3, 6, every sub-layer
