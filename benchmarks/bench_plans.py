@@ -33,6 +33,7 @@ from l2c.cache.schedules import fora, taylorseer  # noqa: E402
 from l2c.jobs.compile import CompiledCache  # noqa: E402
 from l2c.jobs.generate import SampleConfig  # noqa: E402
 from l2c.jobs.timing import device_name, time_runs  # noqa: E402
+from l2c.metrics.scores import psnr_of_mse  # noqa: E402
 from l2c.models.checkpoints import load_model  # noqa: E402
 from l2c.router.budget import router_plan  # noqa: E402
 from l2c.router.files import check_router_fits, load_router  # noqa: E402
@@ -126,8 +127,8 @@ def sample_once(model, sampler, config: SampleConfig, plan, batch: int, device, 
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    mse = float((x.float() - ref.float()).square().mean())  # images in [-1, 1]: peak-to-peak 2
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(4.0 / mse)).item()
+    """dB of float images in [-1, 1] (peak-to-peak 2): the 8-bit formula on the MSE rescaled to 0..255."""
+    return psnr_of_mse(float((x.float() - ref.float()).square().mean()) * 127.5**2)
 
 
 def bench_arm(args, model, sampler, config, plans, macs, batch: int, device) -> list[dict]:
