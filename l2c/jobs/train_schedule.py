@@ -18,7 +18,7 @@ from ..router.files import save_router
 from ..router.report import plot_router
 from ..router.router import Router
 from ..sampling.samplers import Sampler
-from ..training.schedule_search import TrajectoryError, refine, trim_to_budget
+from ..training.schedule_search import TrajectoryError, grow_to_budget, refine, trim_to_budget
 from ..training.trajectory import (
     ScheduleTrainConfig,
     initial_logits,
@@ -61,12 +61,13 @@ def train_schedule_job(
             flush=True,
         )
     under = interval_well_under(E, macs, config) if config.init == "taylorseer" and near is None else None
-    if under is not None:
+    if under is not None and not config.search_rounds:
         print(
             f"note: the budget lies between TaylorSeer's intervals {under[0] - 1} and {under[0]}; interval {under[0]} "
             f"alone costs {under[1]:.3f} of the MACs, and at such budgets it was faster and as good as or better "
             "than the searched schedule on dit-mnist DDIM-50, though not on uvit-mnist NFE 20 at 1.5x "
-            f"(docs/benchmarks.md): compare it, --target-macs {math.ceil(under[1] * 1000) / 1000} takes it",
+            f"(docs/benchmarks.md): compare it, --target-macs {math.ceil(under[1] * 1000) / 1000} takes it, and a "
+            "search (--search-rounds) also tries it grown where the held-out error says it helps",
             flush=True,
         )
     if config.iterations:
@@ -81,23 +82,35 @@ def train_schedule_job(
         check = None
         if config.check_images:
             check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, CHECK_SEED, clip)
-        start, start_error = plan.actions, None
-        if near is not None:  # TaylorSeer's interval just over the budget, trimmed to it, if it starts better
+        # Budgets near a TaylorSeer interval: that interval, trimmed to the budget (just over it) or grown where the
+        # held-out error says it helps (well under it), is a second start, kept if it measures better than the plan
+        # exported from the scores.
+        start, start_error, starts, grown = plan.actions, None, {}, None
+        if near is not None:
             skipped = ACTION_NAMES.index(config.action)
             interval = rows_actions(E, L, slice(None, None, near[0]), config.action)
-            budget = config.target_macs
             trimmed, trimmed_error = trim_to_budget(
-                interval, error, macs, budget, skipped, config.form, max_skip, progress
+                interval, error, macs, config.target_macs, skipped, config.form, max_skip, progress
             )
+            starts[f"interval {near[0]} trimmed"] = (trimmed, trimmed_error)
+        elif under is not None:
+            interval = rows_actions(E, L, slice(None, None, under[0]), config.action)
+            grown, grown_error, added = grow_to_budget(
+                interval, error, macs, config.target_macs, config.form, max_skip, progress, check
+            )
+            starts[f"interval {under[0]} + {len(added)} evaluations"] = (grown, grown_error)
+            history.update(evaluations_added=added)
+        if starts:
+            name, (other, other_error) = next(iter(starts.items()))
             spread_error = error(CachePlan.from_actions(start, form=config.form))
-            history.update(start_errors={"evenly spread": spread_error, f"interval {near[0]} trimmed": trimmed_error})
+            history.update(start_errors={"evenly spread": spread_error, name: other_error})
             print(
-                f"search start: interval {near[0]} trimmed to the budget (error {trimmed_error:.3f}) against "
+                f"search start: {name} (error {other_error:.3f}) against "
                 f"{int(start.eq(COMPUTE).all(1).sum())} evaluations spread evenly ({spread_error:.3f}): "
-                f"{'the trimmed interval' if trimmed_error < spread_error else 'the even spread'}",
+                f"{name if other_error < spread_error else 'the even spread'}",
                 flush=True,
             )
-            start, start_error = (trimmed, trimmed_error) if trimmed_error < spread_error else (start, spread_error)
+            start, start_error = (other, other_error) if other_error < spread_error else (start, spread_error)
         actions, trace = refine(start, error, config.form, config.search_rounds, max_skip, progress, check, start_error)
         history.update(
             search_errors=trace.errors,
@@ -110,6 +123,13 @@ def train_schedule_job(
         theta = 0.5
         plan = CachePlan.from_actions(actions, form=config.form, max_skip=max_skip)
         met = macs.fraction(plan)
+        if met < 0.98 * config.target_macs:
+            why = "no whole evaluation more lowered the held-out error" if start is grown else "as the search left it"
+            print(
+                f"note: the schedule costs {met:.3f} of the MACs, {1 - met / config.target_macs:.1%} under the budget "
+                f"({why}); the router file records both",
+                flush=True,
+            )
     router = Router(E, L, list(range(1, E)))
     router.logits.data.copy_(logits)
     router_meta = {
