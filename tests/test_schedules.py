@@ -458,19 +458,21 @@ def test_growing_adds_the_evaluations_that_help_most_within_the_budget():
 
     base = macs.fraction(CachePlan.from_actions(interval))
     roomy = base + 0.2  # room for far more than three evaluations
-    grown, value, added = grow_to_budget(interval, error, macs, roomy, progress=False)
-    assert added == [11, 20, 7] and value == -6.0  # best first; then nothing lowers the error: the rest unspent
+    grown, value, added, stopped = grow_to_budget(interval, error, macs, roomy, progress=False)
+    assert (
+        added == [11, 20, 7] and value == -6.0 and stopped == "error"
+    )  # best first; then nothing lowers the error: the rest unspent
     assert macs.fraction(CachePlan.from_actions(grown)) < roomy
     one = macs.fraction(CachePlan.from_actions(torch.where(torch.arange(E)[:, None] == 11, COMPUTE, interval)))
     tight = base + 1.5 * (one - base)  # room for one evaluation only
-    grown, value, added = grow_to_budget(interval, error, macs, tight, progress=False)
-    assert added == [11] and macs.fraction(CachePlan.from_actions(grown)) <= tight
+    grown, value, added, stopped = grow_to_budget(interval, error, macs, tight, progress=False)
+    assert added == [11] and stopped == "budget" and macs.fraction(CachePlan.from_actions(grown)) <= tight
 
     def check(plan):  # other held-out noise disagrees about evaluation 20
         return error(plan) + 5.0 * bool(plan.compute[20].all())
 
-    _, _, added = grow_to_budget(interval, error, macs, roomy, progress=False, check=check)
-    assert added == [11]  # 20 lowered the error but not the check: the growth stops there
+    _, _, added, stopped = grow_to_budget(interval, error, macs, roomy, progress=False, check=check)
+    assert added == [11] and stopped == "check"  # 20 lowered the error but not the check: the growth stops there
 
 
 def test_search_tries_the_cheaper_interval_grown_as_its_start(tmp_path, capsys):

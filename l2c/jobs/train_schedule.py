@@ -85,7 +85,7 @@ def train_schedule_job(
         # Budgets near a TaylorSeer interval: that interval, trimmed to the budget (just over it) or grown where the
         # held-out error says it helps (well under it), is a second start, kept if it measures better than the plan
         # exported from the scores.
-        start, start_error, starts, grown = plan.actions, None, {}, None
+        start, start_error, starts, grown, stopped = plan.actions, None, {}, None, None
         if near is not None:
             skipped = ACTION_NAMES.index(config.action)
             interval = rows_actions(E, L, slice(None, None, near[0]), config.action)
@@ -95,11 +95,11 @@ def train_schedule_job(
             starts[f"interval {near[0]} trimmed"] = (trimmed, trimmed_error)
         elif under is not None:
             interval = rows_actions(E, L, slice(None, None, under[0]), config.action)
-            grown, grown_error, added = grow_to_budget(
+            grown, grown_error, added, stopped = grow_to_budget(
                 interval, error, macs, config.target_macs, config.form, max_skip, progress, check
             )
             starts[f"interval {under[0]} + {len(added)} evaluations"] = (grown, grown_error)
-            history.update(evaluations_added=added)
+            history.update(evaluations_added=added, growth_stopped=stopped)
         if starts:
             name, (other, other_error) = next(iter(starts.items()))
             spread_error = error(CachePlan.from_actions(start, form=config.form))
@@ -124,7 +124,15 @@ def train_schedule_job(
         plan = CachePlan.from_actions(actions, form=config.form, max_skip=max_skip)
         met = macs.fraction(plan)
         if met < 0.98 * config.target_macs:
-            why = "no whole evaluation more lowered the held-out error" if start is grown else "as the search left it"
+            why = (
+                {
+                    "budget": "no whole evaluation more fits",
+                    "error": "no whole evaluation more that fits lowered the held-out error",
+                    "check": "the best evaluation more did not lower the check error",
+                }.get(stopped, "as the search left it")
+                if start is grown
+                else "as the search left it"
+            )
             print(
                 f"note: the schedule costs {met:.3f} of the MACs, {1 - met / config.target_macs:.1%} under the budget "
                 f"({why}); the router file records both",

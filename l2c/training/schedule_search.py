@@ -249,13 +249,15 @@ def grow_to_budget(
     max_skip: int | None = None,
     progress: bool = True,
     check: TrajectoryError | None = None,
-) -> tuple[torch.Tensor, float, list[int]]:
+) -> tuple[torch.Tensor, float, list[int], str]:
     """Add whole evaluations to a plan one at a time, each time the one that lowers the error most, while one still
     fits within `target` of the uncached MACs and the best addition lowers the error (and, given `check`, the check
     error too); returns the grown table, its error and the evaluations added in order. A start for budgets between two
     TaylorSeer intervals: on dit-mnist DDIM-50 the most evaluations that fit 0.40, evenly spread (gaps of 2 and 3),
     lost 2 dB to N = 3 alone at 0.35 (docs/benchmarks.md) — an evaluation is added only where the held-out error says
-    it helps, so the rest of the budget may stay unspent."""
+    it helps, so the rest of the budget may stay unspent. The last value says why the growth stopped: "budget" (no
+    whole evaluation more fits), "error" (none that fits lowers the error) or "check" (the best did not lower the
+    check error)."""
     actions = actions.clone()
     plan = CachePlan.from_actions(actions, form=form, max_skip=max_skip)
     value = error(plan)
@@ -264,7 +266,7 @@ def grow_to_budget(
     while True:
         _resume_from(error, plan)
         _resume_from(check, plan)
-        best, best_value, best_row = None, value, None
+        best, best_value, best_row, fits = None, value, None, False
         rows = [j for j in range(1, len(actions)) if not bool((actions[j] == COMPUTE).all())]
         for j in tqdm(rows, desc="growing to the budget", disable=not progress):
             candidate = actions.clone()
@@ -272,16 +274,17 @@ def grow_to_budget(
             grown = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)  # computing more keeps the cap
             if macs.fraction(grown) > target:
                 continue
+            fits = True
             candidate_value = error(grown)
             if candidate_value < best_value:
                 best, best_value, best_row = candidate, candidate_value, j
         if best is None:
-            return actions, value, added
+            return actions, value, added, "error" if fits else "budget"
         grown = CachePlan.from_actions(best, form=form, max_skip=max_skip)
         if check is not None:
             confirmed = check(grown)
             if not confirmed < best_check:
-                return actions, value, added
+                return actions, value, added, "check"
             best_check = confirmed
         actions, value, plan = best, best_value, grown
         added.append(best_row)
