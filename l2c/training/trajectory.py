@@ -212,7 +212,9 @@ def interval_well_under(E: int, macs: MacProfile, config: ScheduleTrainConfig) -
     the budget lies between two intervals. On dit-mnist DDIM-50 the schedules searched at such budgets (0.40 and
     0.333, between N = 2 and 3) lost to N = 3 alone, which is cheaper, faster and better (docs/benchmarks.md, "The
     five budgets on dit-mnist DDIM-50"): the start spreads the extra evaluations unevenly, and the search's moves
-    cannot make the gaps even again. On uvit-mnist NFE 20 at 0.667 the searched schedule beat N = 2."""
+    cannot make the gaps even again. On uvit-mnist NFE 20 at 0.667 the searched schedule beat N = 2. With a search,
+    that interval, grown by whole evaluations where the held-out error falls (schedule_search.grow_to_budget), is
+    measured as a second start."""
     interval = uniform_interval(E, macs, config)
     if interval < 2 or interval >= E:
         return None
