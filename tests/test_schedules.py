@@ -359,7 +359,7 @@ def test_search_error_flag_reaches_the_search(tmp_path, monkeypatch, flag, clipp
 
     class Recording(job.TrajectoryError):
         def __init__(self, *args):
-            clips.append(args[-1])
+            clips.append(args[5])
             super().__init__(*args)
 
     monkeypatch.setattr(job, "TrajectoryError", Recording)
@@ -490,3 +490,28 @@ def test_search_tries_the_cheaper_interval_grown_as_its_start(tmp_path, capsys):
     assert meta["met_macs"] <= 0.55
     if meta["met_macs"] < 0.98 * 0.55:
         assert f"note: the schedule costs {meta['met_macs']:.3f} of the MACs" in printed
+
+
+@pytest.mark.parametrize("snapshots, every", [(10, 1), (3, 2), (0, 0)])
+def test_search_snapshots_flag_sets_how_often_candidates_can_resume(tmp_path, monkeypatch, snapshots, every):
+    """--search-snapshots trades the search's memory for time: snapshots per run (6 steps: 10 -> every step, 3 ->
+    every second, 0 -> never resume)."""
+    import l2c.jobs.train_schedule as job
+
+    made = []
+
+    class Recording(job.TrajectoryError):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(job, "TrajectoryError", Recording)
+    args = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--target-macs", "0.5"]
+    search = ["--search-rounds", "1", "--search-images", "2", "--check-images", "2"]
+    out = tmp_path / "s.safetensors"
+    assert main([*args, *search, "--search-snapshots", str(snapshots), "--out", str(out)]) == 0
+    assert [error.resume_every for error in made] == [every] * 2
+    if every == 0:
+        assert all(error._kept is None or not error._kept.snapshots for error in made)
+    _, meta = load_router(out)
+    assert meta["training"]["search_snapshots"] == snapshots

@@ -69,6 +69,13 @@ def add_arguments(p) -> None:
         help="other held-out seeds a kept move must improve as well, against over-fitting the first set (0: none)",
     )
     g.add_argument(
+        "--search-snapshots",
+        type=int,
+        default=10,
+        help="snapshots of the kept plan's run that a candidate resumes from instead of the noise (0: none); each "
+        "holds the cache's stored outputs once more, so fewer save memory and cost time",
+    )
+    g.add_argument(
         "--search-error",
         choices=["images", "samples"],
         default="images",
@@ -127,6 +134,8 @@ def schedule_config(args):
         raise ValueError(f"--search-images must be >= 1, got {args.search_images}")
     if args.check_images < 0:
         raise ValueError(f"--check-images must be >= 0, got {args.check_images}")
+    if args.search_snapshots < 0:
+        raise ValueError(f"--search-snapshots must be >= 0, got {args.search_snapshots}")
     return ScheduleTrainConfig(
         target_macs=target,
         action=args.action,
@@ -135,6 +144,7 @@ def schedule_config(args):
         search_rounds=args.search_rounds,
         search_images=args.search_images,
         check_images=args.check_images,
+        search_snapshots=args.search_snapshots,
         error_on=args.search_error,
         guidance_scale=args.cfg,
         seed=args.seed,

@@ -78,10 +78,11 @@ def train_schedule_job(
     theta, plan, met = threshold_for_budget(scores, config.target_macs, macs, config.action, max_skip, config.form)
     if config.search_rounds:
         clip = PIXEL_RANGE if config.error_on == "images" and not is_latent(meta) else None
-        error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip)
+        every = -(-sampler.num_steps // config.search_snapshots) if config.search_snapshots else 0
+        error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every)
         check = None
         if config.check_images:
-            check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, CHECK_SEED, clip)
+            check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, CHECK_SEED, clip, every)
         # Budgets near a TaylorSeer interval: that interval, trimmed to the budget (just over it) or grown where the
         # held-out error says it helps (well under it), is a second start, kept if it measures better than the plan
         # exported from the scores.

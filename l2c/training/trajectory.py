@@ -99,6 +99,7 @@ class ScheduleTrainConfig:
     search_rounds: int = 2  # rounds of budget-neutral moves measured on held-out noise (0: none)
     search_images: int = 64  # held-out noise seeds a move is measured on
     check_images: int = 64  # other held-out seeds a kept move must also improve (0: no check)
+    search_snapshots: int = 10  # snapshots per run a search candidate resumes from (0: none; schedule_search)
     # what the search's error compares: "images", the samples clipped to the saved images' range (pixel models; a
     # latent model's samples are compared as they are), or "samples", unclipped
     error_on: str = "images"
@@ -115,8 +116,9 @@ class ScheduleTrainConfig:
             raise ValueError(f"init must be 'taylorseer' or 'flat', got {self.init!r}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if self.check_images < 0:
-            raise ValueError(f"check_images must be >= 0, got {self.check_images}")
+        for name in ("check_images", "search_snapshots"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "window", "search_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
