@@ -515,3 +515,39 @@ def test_search_snapshots_flag_sets_how_often_candidates_can_resume(tmp_path, mo
         assert all(error._kept is None or not error._kept.snapshots for error in made)
     _, meta = load_router(out)
     assert meta["training"]["search_snapshots"] == snapshots
+
+
+def test_filling_spends_the_rest_of_the_budget_block_by_block_least_harmful_first():
+    from l2c.cache.plan import FORECAST2
+    from l2c.training.schedule_search import fill_budget
+
+    macs, E = profile_macs("DiT-mnist"), 20  # 6 blocks
+    start = torch.full((E, 12), FORECAST2, dtype=torch.long)
+    start[::3] = COMPUTE
+    harm = 1 + torch.rand(E, 6, generator=torch.Generator().manual_seed(0))  # every addition raises the error
+
+    def error(plan):
+        added = (plan.compute & ~start.eq(COMPUTE)).view(E, 6, 2).all(2)
+        return float((harm * added).sum())
+
+    base = macs.fraction(CachePlan.from_actions(start))
+    one = start.clone()
+    one[1, :2] = COMPUTE
+    block = macs.fraction(CachePlan.from_actions(one)) - base
+    target = base + 3.5 * block  # room for three blocks, not four
+    filled, added = fill_budget(start, error, macs, target, progress=False)
+    assert len(added) == 3 and macs.fraction(CachePlan.from_actions(filled)) <= target
+    cells = harm[[j for j in range(1, E) if j % 3]].flatten()  # the evaluations the start does not compute
+    assert sorted(harm[j, b].item() for j, b in added) == cells.sort().values[:3].tolist()
+
+
+def test_fill_budget_flag_spends_what_the_search_left(tmp_path, capsys):
+    args = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "9", "--target-macs", "0.55"]
+    search = ["--search-rounds", "1", "--search-images", "2", "--check-images", "0"]
+    assert main([*args, *search, "--fill-budget", "--out", str(tmp_path / "s.safetensors")]) == 0
+    assert "under the budget" not in capsys.readouterr().out
+    history = json.loads((tmp_path / "s" / "schedule_training.json").read_text())["history"]
+    _, meta = load_router(tmp_path / "s.safetensors")
+    block = 1 / (9 * len(create_model("DiT-tiny").blocks))  # more than one block computation costs
+    assert 0.55 - block < meta["met_macs"] <= 0.55
+    assert meta["training"]["fill_budget"] and isinstance(history["blocks_filled"], list)

@@ -69,6 +69,12 @@ def add_arguments(p) -> None:
         help="other held-out seeds a kept move must improve as well, against over-fitting the first set (0: none)",
     )
     g.add_argument(
+        "--fill-budget",
+        action="store_true",
+        help="spend what the search leaves of the budget (it adds whole evaluations only where the held-out error "
+        "falls), block by block, the least harmful first; one pass over the cells per block",
+    )
+    g.add_argument(
         "--search-snapshots",
         type=int,
         default=10,
@@ -134,6 +140,8 @@ def schedule_config(args):
         raise ValueError(f"--search-images must be >= 1, got {args.search_images}")
     if args.check_images < 0:
         raise ValueError(f"--check-images must be >= 0, got {args.check_images}")
+    if args.fill_budget and not args.search_rounds:
+        raise ValueError("--fill-budget needs a search (--search-rounds > 0): without one the export fills the budget")
     if args.search_snapshots < 0:
         raise ValueError(f"--search-snapshots must be >= 0, got {args.search_snapshots}")
     return ScheduleTrainConfig(
@@ -145,6 +153,7 @@ def schedule_config(args):
         search_images=args.search_images,
         check_images=args.check_images,
         search_snapshots=args.search_snapshots,
+        fill_budget=args.fill_budget,
         error_on=args.search_error,
         guidance_scale=args.cfg,
         seed=args.seed,
