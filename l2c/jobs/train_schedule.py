@@ -34,6 +34,12 @@ from .loading import is_latent
 PIXEL_RANGE = (-1.0, 1.0)
 # Held-out noise seeds of the search and of its check: far from the seeds images are evaluated on (0, 1, ...).
 SEARCH_SEED, CHECK_SEED = 10**7, 2 * 10**7
+# Why a grown start left budget unspent (schedule_search.grow_to_budget's last value), for the note train-router prints.
+GROWTH_STOPPED = {
+    "budget": "no whole evaluation more fits",
+    "error": "no whole evaluation more that fits lowered the held-out error",
+    "check": "the best evaluation more did not lower the check error",
+}
 
 
 def train_schedule_job(
@@ -86,7 +92,7 @@ def train_schedule_job(
         # Budgets near a TaylorSeer interval: that interval, trimmed to the budget (just over it) or grown where the
         # held-out error says it helps (well under it), is a second start, kept if it measures better than the plan
         # exported from the scores.
-        start, start_error, starts, grown, stopped = plan.actions, None, {}, None, None
+        start, start_error, starts, stopped, grown_start = plan.actions, None, {}, None, False
         if near is not None:
             skipped = ACTION_NAMES.index(config.action)
             interval = rows_actions(E, L, slice(None, None, near[0]), config.action)
@@ -112,6 +118,7 @@ def train_schedule_job(
                 flush=True,
             )
             start, start_error = (other, other_error) if other_error < spread_error else (start, spread_error)
+            grown_start = stopped is not None and other_error < spread_error
         actions, trace = refine(start, error, config.form, config.search_rounds, max_skip, progress, check, start_error)
         if config.fill_budget:
             actions, filled = fill_budget(actions, error, macs, config.target_macs, config.form, max_skip, progress)
@@ -128,15 +135,7 @@ def train_schedule_job(
         plan = CachePlan.from_actions(actions, form=config.form, max_skip=max_skip)
         met = macs.fraction(plan)
         if met < 0.98 * config.target_macs and not config.fill_budget:
-            why = (
-                {
-                    "budget": "no whole evaluation more fits",
-                    "error": "no whole evaluation more that fits lowered the held-out error",
-                    "check": "the best evaluation more did not lower the check error",
-                }.get(stopped, "as the search left it")
-                if start is grown
-                else "as the search left it"
-            )
+            why = GROWTH_STOPPED[stopped] if grown_start else "as the search left it"
             print(
                 f"note: the schedule costs {met:.3f} of the MACs, {1 - met / config.target_macs:.1%} under the budget "
                 f"({why}); the router file records both, and --fill-budget spends the rest",
