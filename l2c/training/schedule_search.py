@@ -266,20 +266,13 @@ def grow_to_budget(
     while True:
         _resume_from(error, plan)
         _resume_from(check, plan)
-        best, best_value, best_row, fits = None, value, None, False
-        rows = [j for j in range(1, len(actions)) if not bool((actions[j] == COMPUTE).all())]
-        for j in tqdm(rows, desc="growing to the budget", disable=not progress):
-            candidate = actions.clone()
-            candidate[j] = COMPUTE
-            grown = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)  # computing more keeps the cap
-            if macs.fraction(grown) > target:
-                continue
-            fits = True
-            candidate_value = error(grown)
-            if candidate_value < best_value:
-                best, best_value, best_row = candidate, candidate_value, j
-        if best is None:
-            return actions, value, added, "error" if fits else "budget"
+        rows = [(j, j) for j in range(1, len(actions)) if not bool((actions[j] == COMPUTE).all())]
+        found = _best_addition(actions, rows, error, macs, target, form, max_skip, "growing to the budget", progress)
+        if found is None:
+            return actions, value, added, "budget"
+        best, best_value, best_row = found
+        if not best_value < value:
+            return actions, value, added, "error"
         grown = CachePlan.from_actions(best, form=form, max_skip=max_skip)
         if check is not None:
             confirmed = check(grown)
@@ -310,26 +303,34 @@ def fill_budget(
     E, L = actions.shape
     while True:
         _resume_from(error, CachePlan.from_actions(actions, form=form, max_skip=max_skip))
-        best, best_value, best_cell = None, float("inf"), None
         cells = [
-            (j, b)
+            ((j, b), (j, slice(2 * b, 2 * b + 2)))
             for j in range(1, E)
             for b in range(L // 2)
             if not bool((actions[j, 2 * b : 2 * b + 2] == COMPUTE).all())
         ]
-        for j, block in tqdm(cells, desc="filling the budget", disable=not progress):
-            candidate = actions.clone()
-            candidate[j, 2 * block : 2 * block + 2] = COMPUTE
-            plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)  # computing more keeps the cap
-            if macs.fraction(plan) > target:
-                continue
-            value = error(plan)
-            if value < best_value:
-                best, best_value, best_cell = candidate, value, (j, block)
-        if best is None:
+        found = _best_addition(actions, cells, error, macs, target, form, max_skip, "filling the budget", progress)
+        if found is None:
             return actions, added
+        best, _, best_cell = found
         actions = best
         added.append(best_cell)
+
+
+def _best_addition(actions, units, error, macs: MacProfile, target: float, form, max_skip, desc: str, progress: bool):
+    """Of the tables that compute what `actions` computes plus one of `units` ((name, index into the table)) within
+    `target` of the uncached MACs, the one with the lowest error, as (table, error, name); None when none fits."""
+    best = None
+    for name, index in tqdm(units, desc=desc, disable=not progress):
+        candidate = actions.clone()
+        candidate[index] = COMPUTE
+        plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)  # computing more keeps the cap
+        if macs.fraction(plan) > target:
+            continue
+        value = error(plan)
+        if best is None or value < best[1]:
+            best = (candidate, value, name)
+    return best
 
 
 def _resume_from(error, plan: CachePlan) -> None:
