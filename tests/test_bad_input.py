@@ -169,6 +169,12 @@ CASES = [
     ("schedule search error unknown", "train-router --target-macs 0.5 --search-error pixels", ["--search-error"]),
     ("schedule search rounds -1", "train-router --target-speedup 2 --search-rounds -1", ["--search-rounds"]),
     ("fill without search", "train-router --target-macs 0.4 --search-rounds 0 --fill-budget", ["--fill-budget"]),
+    (
+        "fill by evaluation without search",
+        "train-router --target-macs 0.4 --search-rounds 0 --fill-budget evaluation",
+        ["--fill-budget"],
+    ),
+    ("fill unknown", "train-router --target-macs 0.4 --fill-budget cells", ["--fill-budget"]),
     ("schedule snapshots -1", "train-router --target-speedup 2 --search-snapshots -1", ["--search-snapshots"]),
     ("train-model steps 0", "train-model --steps 0 --out {w}/m", ["--steps"]),
     ("train-model ema 1.5", "train-model --ema-decay 1.5 --out {w}/m", ["--ema-decay"]),

@@ -545,6 +545,79 @@ def test_filling_spends_the_rest_of_the_budget_block_by_block_least_harmful_firs
     assert sorted(harm[j, b].item() for j, b in added) == cells.sort().values[:3].tolist()
 
 
+def test_the_default_fill_spends_the_rest_on_the_sublayers_of_the_evaluation_that_helps_most():
+    """What growth by whole evaluations leaves (under one evaluation) goes to the sub-layers of the evaluation whose
+    whole computation lowers the error most, best sub-layer first, while they fit; kept only if the error (and the
+    check error) does not rise."""
+    from l2c.cache.plan import FORECAST2
+    from l2c.training.schedule_search import fill_within_evaluation
+
+    macs, E, L = profile_macs("DiT-mnist"), 20, 12
+    start = torch.full((E, L), FORECAST2, dtype=torch.long)
+    start[::3] = COMPUTE
+    weight = torch.rand(E, L, generator=torch.Generator().manual_seed(1))
+    weight[13] += 0.5  # evaluation 13 helps most as a whole
+
+    def error(plan):
+        added = plan.compute & ~start.eq(COMPUTE)
+        return float(-(weight * added).sum())
+
+    base = macs.fraction(CachePlan.from_actions(start))
+    row = start.clone()
+    row[1] = COMPUTE
+    target = base + 0.6 * (macs.fraction(CachePlan.from_actions(row)) - base)  # room for part of one evaluation
+    filled, record = fill_within_evaluation(start, error, macs, target, progress=False)
+    assert record["evaluation"] == 13 and record["kept"] and record["error_after"] < record["error_before"]
+    met = macs.fraction(CachePlan.from_actions(filled))
+    assert met <= target
+    changed = (filled != start).nonzero().tolist()
+    assert {j for j, _ in changed} == {13} and sorted(l for _, l in changed) == sorted(record["sublayers"])
+    # the best sub-layers in order, each added while it fits, and nothing else would still fit
+    order = weight[13].argsort(descending=True).tolist()
+    assert record["sublayers"] == [l for l in order if l in record["sublayers"]]
+    for l in set(range(L)) - set(record["sublayers"]):
+        more = filled.clone()
+        more[13, l] = COMPUTE
+        assert macs.fraction(CachePlan.from_actions(more)) > target
+
+    # every addition harms: the plan is returned unfilled
+    unchanged, record = fill_within_evaluation(start, lambda plan: -error(plan), macs, target, progress=False)
+    assert torch.equal(unchanged, start) and record["sublayers"] and not record["kept"]
+
+    # the check disagrees: not kept either
+    def check(plan):
+        return -error(plan)
+
+    unchanged, record = fill_within_evaluation(start, error, macs, target, progress=False, check=check)
+    assert torch.equal(unchanged, start) and not record["kept"] and record["check_after"] > record["check_before"]
+
+
+def test_the_default_fill_meets_a_between_intervals_budget_within_two_percent(tmp_path, capsys):
+    """train-router at a budget between two intervals (dit-mnist, 9 evaluations, 0.42: interval 3 costs 0.33 and a
+    whole evaluation more does not fit): growth leaves part of an evaluation, the default fill spends it on
+    sub-layers and the budget is met within 2 %, or the note says why not."""
+    args = ["train-router", "--model", "dit-mnist", "--steps", "9", "--target-macs", "0.42"]
+    search = ["--search-rounds", "1", "--search-images", "2", "--check-images", "2"]
+    assert main([*args, *search, "--out", str(tmp_path / "s.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    history = json.loads((tmp_path / "s" / "schedule_training.json").read_text())["history"]
+    _, meta = load_router(tmp_path / "s.safetensors")
+    assert meta["training"]["fill_budget"] == "evaluation" and meta["met_macs"] <= 0.42
+    fill = history["fill"]  # the grown start left more than 2 % of the budget
+    assert fill["sublayers"] and f"fill: {len(fill['sublayers'])} sub-layers of evaluation" in printed
+    if fill["kept"]:
+        assert meta["met_macs"] >= 0.98 * 0.42 and fill["error_after"] <= fill["error_before"]
+        assert "note: the schedule costs" not in printed
+    else:
+        assert "the fill was not kept" in printed and meta["met_macs"] < 0.98 * 0.42
+    assert main([*args, *search, "--fill-budget", "off", "--out", str(tmp_path / "o.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    history = json.loads((tmp_path / "o" / "schedule_training.json").read_text())["history"]
+    _, meta = load_router(tmp_path / "o.safetensors")
+    assert "fill" not in history and "blocks_filled" not in history and meta["met_macs"] < 0.98 * 0.42
+    assert "(no whole evaluation more fits)" in printed  # why it is unspent
+
+
 def test_fill_budget_flag_spends_what_the_search_left(tmp_path, capsys):
     args = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "9", "--target-macs", "0.55"]
     search = ["--search-rounds", "1", "--search-images", "2", "--check-images", "0"]

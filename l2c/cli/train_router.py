@@ -70,9 +70,15 @@ def add_arguments(p) -> None:
     )
     g.add_argument(
         "--fill-budget",
-        action="store_true",
-        help="spend what the search leaves of the budget (it adds whole evaluations only where the held-out error "
-        "falls), block by block, the least harmful first; one pass over the cells per block",
+        nargs="?",
+        const="blocks",
+        choices=["evaluation", "blocks", "off"],
+        default=None,
+        help="how to spend what the search leaves of the budget (it adds whole evaluations only where the held-out "
+        "error falls, so up to one evaluation can be left): 'evaluation' (default with a search) on the sub-layers "
+        "of the one evaluation whose computation lowers the held-out error most, kept only if that error does not "
+        "rise (a pass over the evaluations and one over its sub-layers); 'blocks' (the bare flag) block by block, "
+        "the least harmful first, whatever the error (a pass over the cells per block); 'off' leaves it unspent",
     )
     g.add_argument(
         "--search-snapshots",
@@ -140,7 +146,7 @@ def schedule_config(args):
         raise ValueError(f"--search-images must be >= 1, got {args.search_images}")
     if args.check_images < 0:
         raise ValueError(f"--check-images must be >= 0, got {args.check_images}")
-    if args.fill_budget and not args.search_rounds:
+    if args.fill_budget not in (None, "off") and not args.search_rounds:
         raise ValueError("--fill-budget needs a search (--search-rounds > 0): without one the export fills the budget")
     if args.search_snapshots < 0:
         raise ValueError(f"--search-snapshots must be >= 0, got {args.search_snapshots}")
@@ -153,7 +159,7 @@ def schedule_config(args):
         search_images=args.search_images,
         check_images=args.check_images,
         search_snapshots=args.search_snapshots,
-        fill_budget=args.fill_budget,
+        fill_budget=args.fill_budget or "evaluation",
         error_on=args.search_error,
         guidance_scale=args.cfg,
         seed=args.seed,

@@ -18,7 +18,14 @@ from ..router.files import save_router
 from ..router.report import plot_router
 from ..router.router import Router
 from ..sampling.samplers import Sampler
-from ..training.schedule_search import TrajectoryError, fill_budget, grow_to_budget, refine, trim_to_budget
+from ..training.schedule_search import (
+    TrajectoryError,
+    fill_budget,
+    fill_within_evaluation,
+    grow_to_budget,
+    refine,
+    trim_to_budget,
+)
 from ..training.trajectory import (
     ScheduleTrainConfig,
     initial_logits,
@@ -120,9 +127,21 @@ def train_schedule_job(
             start, start_error = (other, other_error) if other_error < spread_error else (start, spread_error)
             grown_start = stopped is not None and other_error < spread_error
         actions, trace = refine(start, error, config.form, config.search_rounds, max_skip, progress, check, start_error)
-        if config.fill_budget:
+        fill = None
+        if config.fill_budget == "blocks":
             actions, filled = fill_budget(actions, error, macs, config.target_macs, config.form, max_skip, progress)
             history.update(blocks_filled=filled)
+        elif config.fill_budget == "evaluation" and _fraction(actions, config, macs) < 0.98 * config.target_macs:
+            actions, fill = fill_within_evaluation(
+                actions, error, macs, config.target_macs, config.form, max_skip, progress, check
+            )
+            history.update(fill=fill)
+            if fill["sublayers"]:
+                print(
+                    f"fill: {len(fill['sublayers'])} sub-layers of evaluation {fill['evaluation']}, held-out error "
+                    f"{fill['error_before']:.3f} -> {fill['error_after']:.3f}: {'kept' if fill['kept'] else 'not kept'}",
+                    flush=True,
+                )
         history.update(
             search_errors=trace.errors,
             check_errors=trace.checks,
@@ -134,11 +153,11 @@ def train_schedule_job(
         theta = 0.5
         plan = CachePlan.from_actions(actions, form=config.form, max_skip=max_skip)
         met = macs.fraction(plan)
-        if met < 0.98 * config.target_macs and not config.fill_budget:
-            why = GROWTH_STOPPED[stopped] if grown_start else "as the search left it"
+        if met < 0.98 * config.target_macs and config.fill_budget != "blocks":
             print(
                 f"note: the schedule costs {met:.3f} of the MACs, {1 - met / config.target_macs:.1%} under the budget "
-                f"({why}); the router file records both, and --fill-budget spends the rest",
+                f"({_unspent_reason(fill, stopped if grown_start else None, config.fill_budget)}); the router file "
+                "records both, and --fill-budget blocks spends the rest",
                 flush=True,
             )
     router = Router(E, L, list(range(1, E)))
@@ -172,3 +191,23 @@ def train_schedule_job(
     if not torch.equal(router_plan(router, router_meta).actions, plan.actions):
         raise RuntimeError("the router file does not reproduce the exported plan: this is a bug in l2c")
     return router, router_meta
+
+
+def _fraction(actions: torch.Tensor, config: ScheduleTrainConfig, macs: MacProfile) -> float:
+    return macs.fraction(CachePlan.from_actions(actions, form=config.form))
+
+
+def _unspent_reason(fill: dict | None, stopped: str | None, mode: str) -> str:
+    """Why a searched schedule leaves more than 2 % of its budget unspent, for train-router's note."""
+    if fill is not None and not fill["sublayers"]:
+        return "no sub-layer more fits"
+    if fill is not None and not fill["kept"]:
+        return (
+            f"its sub-layers of evaluation {fill['evaluation']} that fit raised the held-out or check error, so the "
+            "fill was not kept"
+        )
+    if fill is not None and stopped is not None:
+        return f"{GROWTH_STOPPED[stopped]}; one evaluation's sub-layers were added"
+    if stopped is not None:
+        return GROWTH_STOPPED[stopped]
+    return "as the search left it" if mode == "evaluation" else "the fill is off"

@@ -44,6 +44,7 @@ from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
 
 ACTIONS = ("reuse", "forecast1", "forecast2")  # gradient training relaxes forecast2 as forecast1
+FILLS = ("evaluation", "blocks", "off")  # how a search's unspent budget is spent (ScheduleTrainConfig.fill_budget)
 
 
 class SoftSchedule:
@@ -99,7 +100,9 @@ class ScheduleTrainConfig:
     search_rounds: int = 2  # rounds of budget-neutral moves measured on held-out noise (0: none)
     search_images: int = 64  # held-out noise seeds a move is measured on
     check_images: int = 64  # other held-out seeds a kept move must also improve (0: no check)
-    fill_budget: bool = False  # after the search, spend what it left of the budget block by block (measured)
+    # after the search, spend what it left of the budget (schedule_search): "evaluation" on sub-layers of the one
+    # evaluation that helps most (fill_within_evaluation), "blocks" block by block (fill_budget), "off"
+    fill_budget: str = "evaluation"
     search_snapshots: int = 10  # snapshots per run a search candidate resumes from (0: none; schedule_search)
     # what the search's error compares: "images", the samples clipped to the saved images' range (pixel models; a
     # latent model's samples are compared as they are), or "samples", unclipped
@@ -115,7 +118,9 @@ class ScheduleTrainConfig:
             raise ValueError(f"error_on must be 'images' or 'samples', got {self.error_on!r}")
         if self.init not in ("taylorseer", "flat"):
             raise ValueError(f"init must be 'taylorseer' or 'flat', got {self.init!r}")
-        if self.fill_budget and not self.search_rounds:
+        if self.fill_budget not in FILLS:
+            raise ValueError(f"fill_budget must be one of {FILLS}, got {self.fill_budget!r}")
+        if self.fill_budget == "blocks" and not self.search_rounds:
             raise ValueError("fill_budget needs a search (search_rounds > 0): without one the export fills the budget")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
