@@ -137,9 +137,10 @@ def train_schedule_job(
             )
             history.update(fill=fill)
             if fill["sublayers"]:
+                verdict = "kept" if fill["kept"] else "not kept"
                 print(
                     f"fill: {len(fill['sublayers'])} sub-layers of evaluation {fill['evaluation']}, held-out error "
-                    f"{fill['error_before']:.3f} -> {fill['error_after']:.3f}: {'kept' if fill['kept'] else 'not kept'}",
+                    f"{fill['error_before']:.3f} -> {fill['error_after']:.3f}: {verdict}",
                     flush=True,
                 )
         history.update(
