@@ -154,6 +154,7 @@ CASES = [
     ("class out of range", "sample --classes 12 --seeds 0-1 --npz {w}/c.npz --out {w}/c.png", ["12"]),
     ("threshold 7", "sample --router {w}/tiny.safetensors --threshold 7", ["--threshold"]),
     ("threshold nan", "router show {w}/tiny.safetensors --threshold nan", ["--threshold"]),
+    ("router show unknown preset", "router show {w}/tiny.safetensors --model dit-cifar", ["--model", "dit-cifar"]),
     ("schedule unknown", "sample --schedule cosine", ["--schedule", "cosine"]),
     ("train-router threshold 7", "train-router --threshold 7", ["--threshold"]),
     ("train-router iterations 0", "train-router --iterations 0", ["--iterations"]),

@@ -4,10 +4,12 @@ the job writes a router file that sampling and `router show` read."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import l2c
 from l2c.cache.engine import CacheEngine
 from l2c.cache.macs import profile_macs
 from l2c.cache.plan import COMPUTE, FORECAST1, REUSE, CachePlan
@@ -224,6 +226,21 @@ def test_forecast_form_flag_reaches_the_router_file(tmp_path, capsys):
     router, meta = load_router(out)
     assert meta["form"] == "taylorseer" and router_plan(router, meta).form == "taylorseer"
     assert main(["train-router", *args, "--forecast-form", "quadratic"]) == 2  # argparse's refusal
+
+
+def test_router_show_takes_the_bundled_models_names_as_presets(capsys):
+    """`--model dit-mnist` names the bundled model everywhere else; router show maps it (and uvit-mnist) to the
+    preset, and reports the same MACs as the preset's own name."""
+    from l2c.cli.router import preset_name
+
+    assert preset_name("dit-mnist") == "DiT-mnist" and preset_name("uvit-mnist") == "U-ViT-mnist"
+    assert preset_name("DiT-XL/2") == "DiT-XL/2" and preset_name("dit-xl/2") == "DiT-XL/2"
+    bundled = str(Path(l2c.__file__).parent / "assets" / "dit-mnist-schedule-ddim20.safetensors")
+    shown = []
+    for name in ("dit-mnist", "DiT-mnist"):
+        assert main(["router", "show", bundled, "--model", name, "--json"]) == 0
+        shown.append(json.loads(capsys.readouterr().out))
+    assert shown[0] == shown[1] and shown[0]["macs_uncached"] > shown[0]["macs_paper"] > 0
 
 
 def test_schedule_router_file_sampling_and_show(tmp_path, capsys):

@@ -22,10 +22,28 @@ def add_arguments(p) -> None:
     show.add_argument("router", help="l2c router file (.safetensors)")
     show.add_argument("--threshold", type=float, default=None, help="θ (default: the router's own)")
     show.add_argument(
-        "--model", default=None, choices=list(MODELS), metavar="PRESET", help="model preset, to report MACs per image"
+        "--model",
+        default=None,
+        metavar="PRESET",
+        help="model preset, to report MACs per image (dit-mnist, uvit-mnist: the bundled models)",
     )
     show.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     show.add_argument("--png", default=None, help="write the router heat-map here")
+
+
+def preset_name(value: str) -> str:
+    """A model preset, matched without regard to case, so the bundled models' names (dit-mnist, uvit-mnist) that
+    every other command takes name their presets here too."""
+    if value in MODELS:
+        return value
+
+    def plain(name: str) -> str:
+        return name.lower().replace("-", "").replace("/", "")
+
+    matches = [name for name in MODELS if plain(name) == plain(value)]
+    if not matches:
+        raise ValueError(f"--model: unknown preset {value!r} (choose from {', '.join(MODELS)})")
+    return matches[0]
 
 
 IMPORT_HELP = "convert an official router file (.pt / .pth) to an l2c router file"
@@ -55,14 +73,15 @@ def run_show(args) -> int:
     from ..router.files import load_router
     from ..router.report import format_table, plot_router, router_summary
 
+    model = preset_name(args.model) if args.model else None  # before any work
     router, meta = load_router(args.router)
     threshold = args.threshold if args.threshold is not None else meta.get("threshold", 0.5)
     macs = None
-    if args.model:
-        macs = profile_macs(args.model)
+    if model:
+        macs = profile_macs(model)
         if len(macs.sublayer_linear) != router.num_sublayers:
             raise ValueError(
-                f"router has {router.num_sublayers} sub-layers per step, {args.model} has {len(macs.sublayer_linear)}"
+                f"router has {router.num_sublayers} sub-layers per step, {model} has {len(macs.sublayer_linear)}"
             )
     from ..router.budget import router_plan
 
