@@ -342,21 +342,12 @@ def fill_within_evaluation(
     if not rows:
         return actions, record
     _resume_from(error, start)
-    whole = []
-    for j in tqdm(rows, desc="filling: which evaluation", disable=not progress):
-        candidate = actions.clone()
-        candidate[j] = COMPUTE
-        whole.append((error(CachePlan.from_actions(candidate, form=form, max_skip=max_skip)), j))
-    row = min(whole)[1]
-    ranked = []
-    for l in tqdm(range(actions.shape[1]), desc="filling: its sub-layers", disable=not progress):
-        if int(actions[row, l]) == COMPUTE:
-            continue
-        candidate = actions.clone()
-        candidate[row, l] = COMPUTE
-        ranked.append((error(CachePlan.from_actions(candidate, form=form, max_skip=max_skip)), l))
+    whole = _each_added(actions, [(j, j) for j in rows], error, form, max_skip, "filling: which evaluation", progress)
+    row = whole[0][1]
+    cells = [(l, (row, l)) for l in range(actions.shape[1]) if int(actions[row, l]) != COMPUTE]
+    ranked = _each_added(actions, cells, error, form, max_skip, "filling: its sub-layers", progress)
     filled, added = actions.clone(), []
-    for _, l in sorted(ranked):
+    for _, l in ranked:
         candidate = filled.clone()
         candidate[row, l] = COMPUTE
         if macs.fraction(CachePlan.from_actions(candidate, form=form)) <= target:
@@ -373,6 +364,17 @@ def fill_within_evaluation(
         kept = record["check_after"] <= record["check_before"]
     record["kept"] = kept
     return (filled if kept else actions), record
+
+
+def _each_added(actions, units, error, form, max_skip, desc: str, progress: bool) -> list[tuple[float, object]]:
+    """(error, name) of `actions` with each of `units` ((name, index into the table)) computed as well, whatever it
+    costs, lowest error first."""
+    measured = []
+    for name, index in tqdm(units, desc=desc, disable=not progress):
+        candidate = actions.clone()
+        candidate[index] = COMPUTE
+        measured.append((error(CachePlan.from_actions(candidate, form=form, max_skip=max_skip)), name))
+    return sorted(measured, key=lambda pair: pair[0])
 
 
 def _best_addition(actions, units, error, macs: MacProfile, target: float, form, max_skip, desc: str, progress: bool):
