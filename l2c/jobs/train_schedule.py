@@ -133,7 +133,16 @@ def train_schedule_job(
             history.update(blocks_filled=filled)
         elif config.fill_budget == "evaluation" and _fraction(actions, config, macs) < 0.98 * config.target_macs:
             actions, fill = fill_within_evaluation(
-                actions, error, macs, config.target_macs, config.form, max_skip, progress, check
+                actions,
+                error,
+                macs,
+                config.target_macs,
+                config.form,
+                max_skip,
+                progress,
+                check,
+                start_error=trace.errors[-1] if trace.errors else None,
+                start_check=trace.checks[-1] if trace.checks else None,
             )
             history.update(fill=fill)
             if fill["sublayers"]:

@@ -98,7 +98,10 @@ class TrajectoryError:
     def adopt(self, plan: CachePlan) -> None:
         """Resume later candidates from the run of `plan` (the plan a search keeps): the run measured last when it
         was this plan's, else one run more."""
-        if self._last is None or self._last.rows != plan_rows(plan) or self._last.form != plan.form:
+        rows = plan_rows(plan)
+        if self._kept is not None and self._kept.rows == rows and self._kept.form == plan.form:
+            return  # kept already (a search step handing its plan to the next)
+        if self._last is None or self._last.rows != rows or self._last.form != plan.form:
             self.evaluations += 1
             self._last = self._run(plan)[1]
         self._kept = self._last
@@ -326,6 +329,8 @@ def fill_within_evaluation(
     max_skip: int | None = None,
     progress: bool = True,
     check: TrajectoryError | None = None,
+    start_error: float | None = None,
+    start_check: float | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Spend the rest of the budget (when less than a whole evaluation is left: where growth by whole evaluations
     stops) on sub-layers of one evaluation: the one whose whole computation lowers the error most, measured whole
@@ -334,9 +339,11 @@ def fill_within_evaluation(
     unfilled plan's. Returns the table and a record: the evaluation, the sub-layers added, both errors and whether
     the fill was kept. The default fill of train-router: a pass over the evaluations and one over one evaluation's
     sub-layers (about 40 + 12 candidates at dit-mnist DDIM-50, against a pass over 200-300 blocks per block added
-    for fill_budget), and a sub-layer is the smallest unit a plan has, so the rest left is under one sub-layer."""
+    for fill_budget), and a sub-layer is the smallest unit a plan has, so the rest left is under one sub-layer.
+    `start_error` / `start_check`: `error` / `check` of `actions`, when the caller has measured them already (the
+    search's last kept values)."""
     start = CachePlan.from_actions(actions, form=form, max_skip=max_skip)
-    before = error(start)
+    before = error(start) if start_error is None else start_error
     record = {"evaluation": None, "sublayers": [], "error_before": before, "error_after": before, "kept": False}
     rows = [j for j in range(1, len(actions)) if not bool((actions[j] == COMPUTE).all())]
     if not rows:
@@ -360,7 +367,8 @@ def fill_within_evaluation(
     record["error_after"] = after
     kept = after <= before
     if kept and check is not None:
-        record["check_before"], record["check_after"] = check(start), check(plan)
+        record["check_before"] = check(start) if start_check is None else start_check
+        record["check_after"] = check(plan)
         kept = record["check_after"] <= record["check_before"]
     record["kept"] = kept
     return (filled if kept else actions), record
