@@ -42,6 +42,10 @@ COMMANDS = {
     "demo": demo,
 }
 DISTRIBUTED_COMMANDS = ("sample", "train-router")  # the commands that split their work over torchrun processes
+# The commands that show progress (l2c/utils/progress.py): each takes --quiet
+LONG_COMMANDS = ("sample", "train-router", "train-model", "prepare-data", "evaluate", "train-classifier", "compare")
+LONG_COMMANDS += ("demo",)
+QUIET_HELP = "no progress output (otherwise a bar on a terminal, a line about every 10 %% or minute in a log)"
 
 EPILOG = """examples:
   l2c demo                                   # train a router on the bundled dit-mnist, compare cached / uncached
@@ -56,13 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=Formatter))
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=Formatter)
+        module.add_arguments(command)
+        if name in LONG_COMMANDS:
+            command.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from ..utils import distributed
     from ..utils.cpu_memory import keep_freed_memory
+    from ..utils.progress import quiet
 
     try:
         args = build_parser().parse_args(argv)
@@ -77,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command not in DISTRIBUTED_COMMANDS:
                 raise ValueError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run; start it plainly")
             args.device = distributed.init(args.device)
-        status = COMMANDS[args.command].run(args) or 0
+        with quiet(getattr(args, "quiet", False)):
+            status = COMMANDS[args.command].run(args) or 0
         # A process that tears down its gloo group while a peer is still writing can be aborted (SIGABRT) by gloo's
         # threads; all processes leave together instead.
         distributed.barrier()

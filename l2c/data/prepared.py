@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from ..utils.io import atomic_write_json
+from ..utils.progress import progress_bar
 from .folder import center_crop_arr, list_image_folder
 
 FORMAT = "l2c-prepared-data/1"
@@ -152,7 +152,7 @@ def prepare_image_folder(
         np.save(out / "labels.npy", np.asarray(labels, dtype=np.int64))
         atomic_write_json({**settings, "done": 0}, progress_path)
     mode = "L" if channels == 1 else "RGB"
-    bar = tqdm(total=len(files), initial=done, desc=f"prepare {kind}", unit="img", disable=not progress)
+    bar = progress_bar(total=len(files), initial=done, desc=f"prepare {kind}", unit="img", disable=not progress)
     for start in range(done, len(files), chunk):
         stop = min(start + chunk, len(files))
         pixels = np.stack([_read(f, image_size, mode, channels) for f in files[start:stop]])

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
 from ..cache.plan import CachePlan
@@ -18,6 +17,7 @@ from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import SAMPLERS
 from ..utils.io import atomic_output
 from ..utils.precision import check_precision, precision_scope
+from ..utils.progress import progress_bar
 from .compile import COMPILE_MODES, CompiledCache
 
 
@@ -96,7 +96,7 @@ def generate(
     out = []
     try:
         batches = range(0, len(seeds), config.batch_size)
-        for start in tqdm(batches, disable=not progress or len(batches) < 2, desc="sample"):
+        for start in progress_bar(batches, disable=not progress or len(batches) < 2, desc="sample"):
             out.append(
                 _sample_batch(
                     model,

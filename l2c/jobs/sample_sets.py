@@ -23,10 +23,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..utils import distributed
 from ..utils.io import atomic_output, atomic_savez, atomic_write_json, file_sha256
+from ..utils.progress import progress_bar
 from .generate import SampleConfig, generate, to_uint8
 
 
@@ -73,7 +73,7 @@ def sample_to_npz(
 def _make_parts(model, spec, seeds, classes, config, plan, decode, parts: Path, starts: list[int]) -> None:
     rank, world = distributed.rank(), distributed.world_size()
     todo = [k for k in range(len(starts)) if k % world == rank and not _part(parts, k).exists()]
-    for k in tqdm(todo, desc=f"sample (process {rank} of {world})", disable=len(todo) < 2):
+    for k in progress_bar(todo, desc=f"sample (process {rank} of {world})", disable=len(todo) < 2):
         batch = slice(starts[k], starts[k] + config.batch_size)
         x = to_uint8(generate(model, spec, seeds[batch], classes[batch], config, plan, decode, progress=False))
         with atomic_output(_part(parts, k)) as tmp:

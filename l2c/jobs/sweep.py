@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..methods import Point, SweepContext, plan_macs
 from ..metrics.bootstrap import psnr_with_ci
 from ..sampling.diffusion import DiffusionSpec
+from ..utils.progress import progress_bar
 from .generate import SampleConfig, generate, to_uint8
 from .sweep_store import SweepStore
 from .timing import time_runs
@@ -169,10 +169,10 @@ def run_sweep(run: SweepRun, points: list[Point]) -> list[dict]:
     reference = reference_point(run.ctx)
     ref_images = run.store.load_reference()
     todo = [p for p in [reference, *points] if not run.store.done(p.method, p.value)]
-    with tqdm(total=len(todo), desc="sweep", unit="point") as outer:
+    with progress_bar(total=len(todo), desc="sweep", unit="point") as outer:
         for p in todo:
             outer.set_postfix_str(p.label)
-            with tqdm(total=len(run.seeds), desc=p.label, unit="img", leave=False) as inner:
+            with progress_bar(total=len(run.seeds), desc=p.label, unit="img", leave=False) as inner:
                 if ref_images is None and p is not reference:  # resumed without the saved reference images
                     ref_images = sample_point(run, reference)
                     run.store.save_reference(ref_images)

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..utils.io import atomic_output
+from ..utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "mnist-classifier.safetensors"
@@ -77,7 +77,7 @@ def train_classifier(out: Path, epochs: int = 2, seed: int = 0) -> float:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
     model.train()
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="train-classifier")
+    bar = progress_bar(range(steps), desc="train-classifier")
     for step in bar:
         if step % (len(x) // 128) == 0:
             perm = torch.randperm(len(x), generator=gen)

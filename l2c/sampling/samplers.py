@@ -21,9 +21,9 @@ from typing import Callable, ClassVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..models import conventions
+from ..utils.progress import progress_bar
 from .diffusion import DiffusionSpec
 from .gaussian import Posterior
 from .schedules import NoiseScheduleVP, space_timesteps
@@ -80,7 +80,7 @@ class Sampler:
         if self.stochastic and randn_like is None:
             raise ValueError(f"{self.name} draws noise: pass randn_like (per-image noise) for reproducible results")
         history: dict = {}
-        for i in tqdm(range(self.num_steps), disable=not progress, desc=self.name):
+        for i in progress_bar(range(self.num_steps), disable=not progress, desc=self.name):
             x = self.step(denoise, x, i, history, randn_like)
             if callback is not None:
                 callback({"step": i, "x": x, "denoised": history.get("denoised")})

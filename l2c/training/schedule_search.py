@@ -27,7 +27,6 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
 from ..cache.hooks import plan_rows
@@ -36,6 +35,7 @@ from ..cache.plan import COMPUTE, FORECAST1, FORECAST2, REUSE, CachePlan
 from ..sampling import StackedRandomGenerator
 from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
+from ..utils.progress import progress_bar
 
 
 class TrajectoryError:
@@ -179,7 +179,7 @@ def refine(
         trace.checks.append(best_check)
     for _ in range(rounds):
         improved = False
-        for candidate in tqdm(list(_moves(actions)), desc="schedule search", disable=not progress):
+        for candidate in progress_bar(list(_moves(actions)), desc="schedule search", disable=not progress):
             try:
                 plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)
             except ValueError:  # over the cap
@@ -226,7 +226,7 @@ def trim_to_budget(
         cells = [
             (j, b) for j in range(1, E) for b in range(L // 2) if bool((actions[j, 2 * b : 2 * b + 2] == COMPUTE).all())
         ]
-        for j, block in tqdm(cells, desc="trimming to the budget", disable=not progress):
+        for j, block in progress_bar(cells, desc="trimming to the budget", disable=not progress):
             candidate = actions.clone()
             candidate[j, 2 * block : 2 * block + 2] = skipped
             try:
@@ -378,7 +378,7 @@ def _each_added(actions, units, error, form, max_skip, desc: str, progress: bool
     """(error, name) of `actions` with each of `units` ((name, index into the table)) computed as well, whatever it
     costs, lowest error first."""
     measured = []
-    for name, index in tqdm(units, desc=desc, disable=not progress):
+    for name, index in progress_bar(units, desc=desc, disable=not progress):
         candidate = actions.clone()
         candidate[index] = COMPUTE
         measured.append((error(CachePlan.from_actions(candidate, form=form, max_skip=max_skip)), name))
@@ -389,7 +389,7 @@ def _best_addition(actions, units, error, macs: MacProfile, target: float, form,
     """Of the tables that compute what `actions` computes plus one of `units` ((name, index into the table)) within
     `target` of the uncached MACs, the one with the lowest error, as (table, error, name); None when none fits."""
     best = None
-    for name, index in tqdm(units, desc=desc, disable=not progress):
+    for name, index in progress_bar(units, desc=desc, disable=not progress):
         candidate = actions.clone()
         candidate[index] = COMPUTE
         plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)  # computing more keeps the cap

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..models import MODELS, architecture_of, create_model
 from ..sampling.diffusion import DiffusionSpec, default_spec
 from ..utils.io import atomic_output, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from ..utils.progress import progress_bar
 from .losses import epsilon_loss
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def train_model(cfg: TrainModelConfig, data, out_dir: Path, resume: bool = False
 def _run(cfg, spec: DiffusionSpec, model, ema, opt, state, data, out_dir):
     abar = torch.as_tensor(spec.alphas_cumprod())
     null = model.null_class
-    bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps, desc="train-model")
+    bar = progress_bar(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps, desc="train-model")
     t0 = time.time()
     for step in bar:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)

@@ -23,7 +23,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
 from ..models import ARCHITECTURES
@@ -32,6 +31,7 @@ from ..sampling.samplers import Sampler
 from ..utils import distributed
 from ..utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..utils.precision import check_precision, grad_scaler, precision_scope
+from ..utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def train_router(
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     t0 = time.time()
     try:
-        bar = tqdm(
+        bar = progress_bar(
             range(start, cfg.iterations),
             initial=start,
             total=cfg.iterations,

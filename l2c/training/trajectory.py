@@ -35,13 +35,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm import tqdm
 
 from ..cache.engine import CacheEngine
 from ..cache.macs import MacProfile
 from ..cache.plan import ACTION_NAMES, COMPUTE, CachePlan
 from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
+from ..utils.progress import progress_bar
 
 ACTIONS = ("reuse", "forecast1", "forecast2")  # gradient training relaxes forecast2 as forecast1
 FILLS = ("evaluation", "blocks", "off")  # how a search's unspent budget is spent (ScheduleTrainConfig.fill_budget)
@@ -251,7 +251,7 @@ def train_schedule(
     engine = CacheEngine(model)
     t0 = time.time()
     try:
-        bar = tqdm(range(config.iterations), desc="train-schedule", disable=not progress)
+        bar = progress_bar(range(config.iterations), desc="train-schedule", disable=not progress)
         for it in bar:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + it)
             shape = (config.batch_size, model.in_channels, model.input_size, model.input_size)
