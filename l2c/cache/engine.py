@@ -28,8 +28,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .hooks import Blend, Bypass, Record, RunPlan
-from .layout import sublayer_inputs, sublayers
+from .hooks import Blend, Bypass, Record, RunPlan, output_shape, signature, zeros_of
+from .layout import describe, sublayer_inputs, sublayers  # noqa: F401  (sublayers: re-exported for callers)
 from .plan import CachePlan
 
 # Models with an engine attached. Kept outside the model so that detaching leaves its __dict__ untouched.
@@ -41,13 +41,18 @@ class SublayerHooks:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.modules = sublayers(model)
+        self.sublayers = describe(model)  # names, kinds and blocks, in plan order
+        self.modules = [s.module for s in self.sublayers]
         self.behaviour = Bypass()
         self.step = 0  # the model evaluation, in sampling order
         self.slot = -1  # the model call within the evaluation (the root pre-hook counts from 0)
         self._wrappers: list = []
         self._saved: list = []
         self._handle = None
+        self._after = None
+        # Sub-layers called so far in the current model call (None outside one): a child called twice per call
+        # (feed-forward chunking, one FF shared by two streams) would be handed its first output the second time.
+        self._called: set | None = None
 
     @property
     def attached(self) -> bool:
@@ -58,6 +63,7 @@ class SublayerHooks:
             raise RuntimeError("a cache engine is already attached to this model; detach() it first")
         _ATTACHED.add(self.model)
         self._handle = self.model.register_forward_pre_hook(self._count_call)
+        self._after = self.model.register_forward_hook(self._end_call)
         for index, module in enumerate(self.modules):
             self._saved.append(module.__dict__.get("forward"))  # None: the class's forward
             wrapper = self._dispatcher(index, module.forward)
@@ -77,7 +83,8 @@ class SublayerHooks:
                 module.forward = saved
         self.behaviour = Bypass()
         self._handle.remove()
-        self._handle = None
+        self._after.remove()
+        self._handle = self._after = None
         self._wrappers, self._saved = [], []
         _ATTACHED.discard(self.model)
 
@@ -89,12 +96,31 @@ class SublayerHooks:
 
     def _count_call(self, module, args):
         self.slot += 1
+        self._called = set()
+
+    def _end_call(self, module, args, output):
+        self._called = None
 
     def _dispatcher(self, index: int, forward):
         def cached_forward(*args, **kwargs):
+            called = self._called
+            if called is not None:
+                if index in called:
+                    self._refuse_repeated_call(index)
+                called.add(index)
             return self.behaviour(self.step, self.slot, index, forward, args, kwargs)
 
         return cached_forward
+
+    def _refuse_repeated_call(self, index: int):
+        sub = self.sublayers[index]
+        self._called = None
+        raise RuntimeError(
+            f"l2c: sub-layer {sub.name} ({type(sub.module).__name__}) was called twice in one model call; a child "
+            "called more than once per block call (feed-forward chunking, one feed-forward run on two streams) "
+            "cannot be cached per call. Disable the chunking (disable_forward_chunking()), or leave this model "
+            "uncached"
+        )
 
 
 class CacheEngine(SublayerHooks):
@@ -127,23 +153,44 @@ class CacheEngine(SublayerHooks):
 
     def _skip_unread_inputs(self, plan: CachePlan) -> None:
         """While the plan runs, a sub-layer it does not compute at this evaluation does not read its input, so the
-        pre-norm that only feeds it returns its input untouched instead of normalising it (the LayerNorm's element-wise
-        passes are a large share of what a cached evaluation still costs at small widths). Outputs are unchanged."""
+        pre-norm (or parallel producer) that only feeds it is not computed either: it hands back its own input (a
+        norm) or zeros shaped like its output (the attention and MLP-in of a fused output projection). A module
+        feeding several sub-layers runs while any of them computes. Outputs are unchanged: the stand-in is read by
+        nothing the plan computes.
+
+        The stand-in is used only where this model call made the same call (same argument shapes) at an evaluation
+        that computed it, and every reader has a stored output for this call: where the runner will recompute a
+        sub-layer (a new guidance call, a changed shape), its inputs compute too."""
         inputs = sublayer_inputs(self.model)
         if inputs is None:
             return
+        readers: dict[nn.Module, list[int]] = {}
+        for index, modules in enumerate(inputs):
+            for module in modules:
+                readers.setdefault(module, []).append(index)
         computed = plan.compute.tolist()  # host lists: no tensor read in the call
+        runner = self._runner
+        seen: dict[tuple, tuple] = {}  # (slot, k) -> (argument shapes, output shape or "input") of the last compute
+        self._input_calls = seen
 
-        def skipping(index: int, forward):
-            def input_forward(x, *args, **kwargs):
-                if self.behaviour is self._runner and not computed[self.step][index]:
-                    return x
-                return forward(x, *args, **kwargs)
+        def skipping(k: int, module_readers: list[int], forward):
+            def input_forward(*args, **kwargs):
+                if self.behaviour is not runner:
+                    return forward(*args, **kwargs)
+                key, shapes = (self.slot, k), signature(args, kwargs)
+                row = computed[self.step]
+                if not any(row[i] for i in module_readers):
+                    last = seen.get(key)
+                    if last is not None and last[0] == shapes and runner.has_outputs(self.slot, module_readers):
+                        return _stand_in(last[1], args, kwargs, runner)
+                out = forward(*args, **kwargs)
+                seen[key] = (shapes, _output_form(out, args, kwargs))
+                return out
 
             return input_forward
 
-        for index, module in enumerate(inputs):
-            wrapper = skipping(index, module.forward)
+        for k, (module, module_readers) in enumerate(readers.items()):
+            wrapper = skipping(k, module_readers, module.forward)
             self._inputs.append((module, module.__dict__.get("forward"), wrapper))
             module.forward = wrapper
 
@@ -161,15 +208,17 @@ class CacheEngine(SublayerHooks):
     def _check_plan(self, plan: CachePlan) -> None:
         plan.validate()
         if plan.num_sublayers != len(self.modules):
+            blocks = len({s.block for s in self.sublayers})
             raise ValueError(
                 f"plan has {plan.num_sublayers} sub-layers per step but the model has {len(self.modules)} "
-                f"({len(self.modules) // 2} blocks): the plan or router was made for another model"
+                f"({blocks} blocks): the plan or router was made for another model"
             )
 
     # ------------------------------------------------------------------ evaluations
     def reset(self) -> None:
         """Forget every stored output and the memory peak (automatic at step 0 of each sampling run)."""
         self.outputs.clear()
+        getattr(self, "_input_calls", {}).clear()
         if self._runner is not None:
             self._runner.reset()
         self.slot = -1
@@ -259,6 +308,29 @@ class CacheEngine(SublayerHooks):
     def peak_stored_bytes(self) -> int:
         """The most bytes the plan held at once since the last reset (i.e. over the last sampling run)."""
         return self._runner.peak_bytes if self._runner is not None else 0
+
+
+def _first_tensor(args, kwargs):
+    # The module's input, positional or by keyword (diffusers calls most attention children by keyword only).
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    value = kwargs.get("hidden_states")
+    if isinstance(value, torch.Tensor):
+        return value
+    return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+
+
+def _output_form(out, args, kwargs):
+    """How a skipped input stands in: "input" where it returned a tensor shaped like its input (a norm), else its
+    output's structure (zeros of it)."""
+    x = _first_tensor(args, kwargs)
+    if isinstance(out, torch.Tensor) and x is not None and out.shape == x.shape and out.dtype == x.dtype:
+        return "input"
+    return output_shape(out)
+
+
+def _stand_in(form, args, kwargs, runner):
+    return _first_tensor(args, kwargs) if form == "input" else zeros_of(form, runner)
 
 
 def attach_cache(model: nn.Module, plan: CachePlan | None = None) -> CacheEngine:

@@ -108,3 +108,62 @@ class SublayerHistory:
         for f, c in higher:
             out.add_(f, alpha=c)
         return out
+
+
+class TupleHistory:
+    """The history of a sub-layer that returns a tuple (a joint attention's (image, text) pair): one
+    SublayerHistory per tensor element, the structure kept (None elements stay None)."""
+
+    __slots__ = ("parts", "kind")
+
+    def __init__(self, parts: list, kind: type):
+        self.parts = parts  # SublayerHistory per tensor element, None where the output element is None
+        self.kind = kind  # tuple or list: what the sub-layer returned
+
+    @property
+    def order(self) -> int:
+        return min(p.order for p in self.parts if p is not None)
+
+    @property
+    def f0(self):
+        return self.kind(None if p is None else p.f0 for p in self.parts)
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes() for p in self.parts if p is not None)
+
+    def copy(self) -> TupleHistory:
+        return TupleHistory([None if p is None else p.copy() for p in self.parts], self.kind)
+
+    def push(self, out, j: int, want: int) -> None:
+        if len(out) != len(self.parts):
+            raise ValueError(f"a sub-layer returned {len(out)} outputs after returning {len(self.parts)}")
+        for part, value in zip(self.parts, out):
+            if (part is None) != (value is None):
+                raise ValueError("a sub-layer's output changed structure between evaluations (a None element)")
+            if part is not None:
+                part.push(value, j, want)
+
+    def terms(self, j: int, order: int):
+        return self.kind(None if p is None else p.terms(j, order) for p in self.parts)
+
+    def forecast(self, j: int, order: int):
+        return self.kind(None if p is None else p.forecast(j, order) for p in self.parts)
+
+
+def new_history(out, newton: bool):
+    """An empty history fitting `out`: a tensor, or a tuple / list of tensors (and Nones)."""
+    if isinstance(out, torch.Tensor):
+        return SublayerHistory(newton)
+    if isinstance(out, (tuple, list)) and all(o is None or isinstance(o, torch.Tensor) for o in out):
+        return TupleHistory([None if o is None else SublayerHistory(newton) for o in out], type(out))
+    raise TypeError(
+        f"a cached sub-layer must return a tensor or a tuple of tensors, got {type(out).__name__}: "
+        "this child cannot be cached as it is"
+    )
+
+
+def map_output(fn, out, *others):
+    """fn applied to each tensor of a sub-layer's output (a tensor or a tuple of tensors / Nones), structure kept."""
+    if isinstance(out, torch.Tensor):
+        return fn(out, *others)
+    return type(out)(None if o is None else fn(o, *(x[i] for x in others)) for i, o in enumerate(out))

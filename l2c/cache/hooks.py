@@ -9,16 +9,27 @@ back to the host.
 * Record:  compute every sub-layer and store every output, detached (the full evaluation before a cache step).
 * Blend:   router training, the paper's Eq. 6 with α = 1: β·fresh + (1 − β)·recorded (gradients reach β only).
 * RunPlan: sampling with a CachePlan: compute, reuse, forecast or drop, storing only what later evaluations read.
+
+A sub-layer's output is a tensor or a tuple of tensors (a joint attention's (image, text) pair): every behaviour maps
+over the tuple and returns the same structure.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from .forecast import SublayerHistory
+from .forecast import map_output, new_history
 from .plan import COMPUTE, DROP, FORECAST1, FORECAST2, REUSE, CachePlan
 
 _FORECAST_ORDER = {FORECAST1: 1, FORECAST2: 2}
+
+
+class _Shape(NamedTuple):
+    size: torch.Size
+    dtype: torch.dtype
+    device: torch.device
 
 
 class Bypass:
@@ -34,7 +45,7 @@ class Record:
 
     def __call__(self, step, slot, index, forward, args, kwargs):
         out = forward(*args, **kwargs)
-        self.outputs[(slot, index)] = out.detach()
+        self.outputs[(slot, index)] = map_output(torch.Tensor.detach, out)
         return out
 
 
@@ -53,7 +64,7 @@ class Blend:
                 "run the evaluation before it under engine.recording(), with the same model calls"
             ) from None
         w = self.beta[index]
-        return w * out + (1 - w) * stored
+        return map_output(lambda fresh, old: w * fresh + (1 - w) * old, out, stored)
 
 
 class RunPlan:
@@ -66,13 +77,20 @@ class RunPlan:
         self.keep = plan.history_orders().tolist()
         self.release = _last_reads(plan)
         self.newton = plan.form == "newton"
-        self.histories: dict[tuple[int, int], SublayerHistory] = {}
+        self.histories: dict[tuple, object] = {}  # SublayerHistory, or TupleHistory for tuple outputs
+        # The input shapes each stored output was computed from: a call with other shapes (a batch or a sequence
+        # length that changed mid-run) computes instead of reusing a stale tensor.
+        self.signatures: dict[tuple, tuple] = {}
         self.stored_bytes = 0  # bytes held by the histories now
         self.peak_bytes = 0  # the most held at once since reset()
-        self._zeros: dict[tuple, torch.Tensor] = {}
+        self.drops = bool((plan.actions == DROP).any())
+        self._shapes: dict[tuple, object] = {}  # (slot, index) -> the output's structure of _Shape (for DROP)
+        self._zeros: dict[_Shape, torch.Tensor] = {}
 
     def reset(self) -> None:
         self.histories.clear()
+        self.signatures.clear()
+        self._shapes.clear()
         self.stored_bytes = self.peak_bytes = 0
 
     def snapshot(self) -> dict:
@@ -87,19 +105,53 @@ class RunPlan:
 
     def __call__(self, step, slot, index, forward, args, kwargs):
         action = self.actions[step][index]
+        key = (slot, index)
+        shapes = signature(args, kwargs)
+        if self.signatures.get(key) != shapes:
+            # Nothing stored for this call (a model call this slot has not made before: a third guidance call, a
+            # second expert), or stored from other shapes (a batch or sequence length that changed mid-run): start
+            # this sub-layer's history afresh from a computation, never from a stale tensor.
+            self._forget(key)
+            self.signatures[key] = shapes
+            if action != COMPUTE:
+                out = forward(*args, **kwargs)
+                self._remember_shape(key, out)
+                if not self.release[step][index]:
+                    self._store(step, key, out, want=0)
+                return out
         if action == COMPUTE:
             out = forward(*args, **kwargs)
-            self._store(step, (slot, index), out)
+            self._remember_shape(key, out)
+            self._store(step, key, out)
             return out
-        key = (slot, index)
         if action == DROP:
-            out = self._zero_like(args[0])
+            out = self._zeros_for(key)
         else:
             history = self._history(key, step)
             out = history.f0 if action == REUSE else self._forecast(history, step, _FORECAST_ORDER[action])
         if self.release[step][index]:
             self._forget(key)
         return out
+
+    def _remember_shape(self, key, out) -> None:
+        # A dropped sub-layer returns zeros shaped like its *output* (an output projection is 5d -> d, a joint
+        # attention returns a pair): the structure of its last computed output, kept only if the plan drops.
+        if self.drops:
+            self._shapes[key] = output_shape(out)
+
+    def _zeros_for(self, key):
+        return zeros_of(self._shapes[key], self)
+
+    def zeros(self, shape: _Shape) -> torch.Tensor:
+        """One shared zero tensor per shape (never written: DROP and skipped inputs only read it)."""
+        if shape not in self._zeros:
+            self._zeros[shape] = torch.zeros(shape.size, dtype=shape.dtype, device=shape.device)
+        return self._zeros[shape]
+
+    def has_outputs(self, slot, indices) -> bool:
+        """Whether each of these sub-layers has been computed in this model-call slot (so none is recomputed by
+        the fresh-history rule of __call__)."""
+        return all((slot, i) in self.signatures for i in indices)
 
     def forecast_terms(self, step, slot, index):
         """A FORECAST cell as (f0, [(difference, coefficient), ...]) for a caller that sums the terms itself (compiled
@@ -112,24 +164,23 @@ class RunPlan:
         return terms
 
     def _forecast(self, history, step, order):
-        buffer = history.out
+        before = history.nbytes()
         out = history.forecast(step, order)
-        if history.out is not buffer:  # the output buffer was allocated (first forecast of this history)
-            self._grow(history.out.numel() * history.out.element_size())
+        self._grow(history.nbytes() - before)  # the output buffer, allocated at a history's first forecast
         return out
 
     def _grow(self, nbytes: int) -> None:
         self.stored_bytes += nbytes
         self.peak_bytes = max(self.peak_bytes, self.stored_bytes)
 
-    def _store(self, step, key, out):
-        want = self.keep[step][key[1]]
+    def _store(self, step, key, out, want: int | None = None):
+        want = self.keep[step][key[1]] if want is None else want
         if want < 0:
             self._forget(key)
             return
         history = self.histories.get(key)
         if history is None:
-            history = self.histories[key] = SublayerHistory(self.newton)
+            history = self.histories[key] = new_history(out, self.newton)
         before = history.nbytes()
         history.push(out, step, want)
         self._grow(history.nbytes() - before)
@@ -139,7 +190,7 @@ class RunPlan:
         if history is not None:
             self.stored_bytes -= history.nbytes()
 
-    def _history(self, key, step) -> SublayerHistory:
+    def _history(self, key, step):
         try:
             return self.histories[key]
         except KeyError:
@@ -148,12 +199,24 @@ class RunPlan:
                 f"but none is stored: run the steps in order from step 0, with the same guidance calls per step"
             ) from None
 
-    def _zero_like(self, x: torch.Tensor) -> torch.Tensor:
-        # A dropped attention / MLP sub-layer returns the shape of its input; one shared zero tensor per shape.
-        key = (x.shape, x.dtype, x.device)
-        if key not in self._zeros:
-            self._zeros[key] = torch.zeros_like(x)
-        return self._zeros[key]
+
+def output_shape(out):
+    """The structure of a sub-layer's output as _Shape entries (a tensor, or a tuple with Nones)."""
+    return map_output(lambda t: _Shape(t.shape, t.dtype, t.device), out)
+
+
+def zeros_of(shapes, runner: RunPlan):
+    """Zeros with the structure output_shape() recorded, from the runner's shared zero tensors."""
+    if isinstance(shapes, _Shape):
+        return runner.zeros(shapes)
+    return type(shapes)(None if s is None else runner.zeros(s) for s in shapes)
+
+
+def signature(args, kwargs) -> tuple:
+    """The shapes of a call's tensor arguments (host-side metadata: no device sync)."""
+    shapes = [a.shape for a in args if isinstance(a, torch.Tensor)]
+    shapes += [v.shape for v in kwargs.values() if isinstance(v, torch.Tensor)]
+    return tuple(shapes)
 
 
 def plan_rows(plan: CachePlan) -> list[tuple]:
