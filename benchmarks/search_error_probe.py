@@ -5,7 +5,7 @@ range (l2c.training.schedule_search.TrajectoryError) beside the PSNR of the save
     python benchmarks/search_error_probe.py --model uvit-mnist --steps 20 --interval 4 \
         routers/uvit20-schedule-0.305-checked.safetensors routers/uvit20-schedule-0.305-clipped.safetensors
 
-docs/benchmarks.md ("The search now measures the images as saved") quotes its output for U-ViT NFE 20.
+docs/learned-schedules.md ("What each part of the search adds", the clipped error) quotes its output for U-ViT NFE 20.
 """
 
 from __future__ import annotations
