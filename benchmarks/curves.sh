@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The quality-versus-speed curves of docs/results-dit-mnist.md and docs/results-uvit-mnist.md, one per invocation, from routers to sweep:
+# The quality-versus-speed curves of docs/results-dit-mnist.md and docs/results-uvit-mnist.md, one per invocation,
+# from routers to sweep:
 #   benchmarks/curves.sh dit-mnist-ddim50 baselines   every baseline and the L2C router  -> sweeps/<curve>
 #   benchmarks/curves.sh dit-mnist-ddim50 learned     learned schedules beside TaylorSeer -> sweeps/<curve>-learned
 #   benchmarks/curves.sh dit-mnist-ddim50 budgets     learned schedules at 1.5x, 2x, 2.5x, 3x, 4x fewer MACs (Newton
