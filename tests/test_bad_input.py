@@ -52,7 +52,24 @@ def world(tmp_path_factory) -> Path:
     (w / "readonly.png").write_bytes(b"keep me")
     os.chmod(w / "readonly.png", 0o444)
     (w / "R").write_text("a file where train-router wants its working folder")
+    _write_folders(w)
     return w
+
+
+def _write_folders(w: Path) -> None:
+    from l2c.cli.folders import MARKER
+    from l2c.integrations.diffusers_convert import export_diffusers
+    from l2c.models import create_model
+
+    (w / "mine").mkdir()  # a folder of the user's own files: no command may write into it or replace it
+    (w / "mine" / "notes.txt").write_text("keep me")
+    (w / "by_compare").mkdir()  # the output of another command
+    (w / "by_compare" / MARKER).write_text(json.dumps({"command": "compare"}))
+    (w / "by_compare" / "compare.json").write_text("[]")
+    (w / "other_model").mkdir()  # a diffusers folder that export-diffusers did not write
+    (w / "other_model" / "config.json").write_text("{}")
+    export_diffusers(create_model("DiT-tiny"), w / "no_weights")  # a diffusers folder without its weights
+    (w / "no_weights" / "diffusion_pytorch_model.safetensors").unlink()
 
 
 def _write_routers(w: Path) -> None:
@@ -151,6 +168,9 @@ CASES = [
     ("seeds unreadable", "sample --seeds a-b", ["--seeds"]),
     ("seeds backwards", "sample --seeds 9-0", ["--seeds", "before"]),
     ("seeds too many", "sample --seeds 0-99999999999", ["--seeds", "limit"]),
+    ("seed 2^63", "sample --seeds 9223372036854775808", ["--seeds", "2^63"]),
+    ("seeds across 2^63", "sample --seeds 9223372036854775806-9223372036854775809", ["--seeds", "2^63"]),
+    ("seeds far beyond 2^63", "sample --seeds 0,99999999999999999999999", ["--seeds", "2^63"]),
     ("class out of range", "sample --classes 12 --seeds 0-1 --npz {w}/c.npz --out {w}/c.png", ["12"]),
     ("threshold 7", "sample --router {w}/tiny.safetensors --threshold 7", ["--threshold"]),
     ("threshold nan", "router show {w}/tiny.safetensors --threshold nan", ["--threshold"]),
@@ -242,6 +262,35 @@ CASES = [
     ("compare out is a file", "compare --router {w}/tiny.safetensors --out {w}/junk.pt", ["--out", "file"]),
     ("demo out is a file", "demo --out {w}/junk.pt", ["--out", "file"]),
     ("train-classifier out extension", "train-classifier --out {w}/c.pt", [".safetensors"]),
+    # folder outputs: never replace a file, never write into or replace a folder of other files
+    (
+        "export-diffusers out is a file",
+        "export-diffusers --model DiT-tiny --random-init --out {w}/readonly.png",
+        ["--out", "is a file"],
+    ),
+    (
+        "export-diffusers out holds other files",
+        "export-diffusers --model DiT-tiny --random-init --out {w}/mine",
+        ["notes.txt", "did not"],
+    ),
+    (
+        "export-diffusers over another model",
+        "export-diffusers --model DiT-tiny --random-init --out {w}/other_model",
+        ["another model"],
+    ),
+    (
+        "export-diffusers out is the checkpoint",
+        "export-diffusers --model DiT-tiny --ckpt {w}/model.safetensors --out {w}/model.safetensors",
+        ["--out", "is a file"],
+    ),
+    ("demo out holds other files", "demo --out {w}/mine", ["notes.txt", "did not write"]),
+    ("demo out of another command", "demo --out {w}/by_compare", ["l2c compare"]),
+    ("compare out holds other files", "compare --router {w}/tiny.safetensors --out {w}/mine", ["notes.txt"]),
+    ("train-model out holds other files", "train-model --out {w}/mine", ["notes.txt"]),
+    ("prepare-data out holds other files", "prepare-data {w}/images --size 8 --out {w}/mine", ["notes.txt"]),
+    ("train-router working folder holds other files", "train-router --out {w}/mine.safetensors", ["working folder"]),
+    # a library's warnings while a user error is reported join the one line
+    ("diffusers folder without weights", "sample --model {w}/no_weights --out {w}/nw.png", ["no file named"]),
     # corrupt, truncated, foreign and hostile files
     ("ckpt hostile pickle", "sample --model DiT-tiny --ckpt {w}/hostile.pt", ["not a plain checkpoint"]),
     ("ckpt hostile zip", "sample --model DiT-tiny --ckpt {w}/hostile_zip.pt", ["not a plain checkpoint"]),

@@ -25,7 +25,8 @@ from . import (
 )
 from .common import Formatter, OneLineParser
 from .errors import is_user_error, report_bug, report_interrupt, report_user_error
-from .validate import check_arguments
+from .folders import claimed
+from .validate import check_arguments, output_folders
 
 COMMANDS = {
     "sample": sample,
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command not in DISTRIBUTED_COMMANDS:
                 raise ValueError(f"under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} run; start it plainly")
             args.device = distributed.init(args.device)
-        with quiet(getattr(args, "quiet", False)):
+        distributed.barrier()  # every process has checked the folders before the first marks them (folders.py)
+        folders = output_folders(args) if distributed.is_main() else []
+        with quiet(getattr(args, "quiet", False)), claimed(folders, args.command):
             status = COMMANDS[args.command].run(args) or 0
         # A process that tears down its gloo group while a peer is still writing can be aborted (SIGABRT) by gloo's
         # threads; all processes leave together instead.

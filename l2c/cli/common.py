@@ -64,8 +64,10 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 def load_model(args):
     from ..jobs.loading import load_for_sampling
+    from .errors import library_output_held
 
-    return load_for_sampling(args.model, args.ckpt, args.random_init, args.schedule, args.device)
+    with library_output_held():  # a broken folder's library warnings join the error's one line
+        return load_for_sampling(args.model, args.ckpt, args.random_init, args.schedule, args.device)
 
 
 def sample_config(args, model, spec, batch_size: int = 64) -> SampleConfig:

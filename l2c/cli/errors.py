@@ -8,8 +8,11 @@ traceback, a line asking for a report, and exit code 1.
 from __future__ import annotations
 
 import errno
+import logging
 import sys
 import traceback
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,7 +47,61 @@ def one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno is not None:
         return _os_error(e)
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return "; ".join(lines) or type(e).__name__
+    return ("; ".join(lines) or type(e).__name__) + _held_suffix(e)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What diffusers, transformers and torch print while a model or folder loads. Loading a broken diffusers folder
+# makes diffusers log several lines ("Defaulting to unsafe serialization ...") before raising; printed as they come,
+# they would precede our one-line error. So they are held while the block runs: shown after it when it succeeds,
+# folded into the error's one line when it fails.
+
+LIBRARY_LOGGERS = ("diffusers", "transformers", "huggingface_hub", "accelerate", "torch", "safetensors")
+HELD_CHARS = 160  # each held message is cut to this length in the error line
+
+
+@contextmanager
+def library_output_held():
+    """Hold the library log records and Python warnings of the block (see above)."""
+    # Libraries configure their loggers when first imported, which may happen inside the block (diffusers adds its
+    # own stderr handler then), so records are caught where every logger hands them to its handlers.
+    records: list[logging.LogRecord] = []
+    call_handlers = logging.Logger.callHandlers
+
+    def hold(logger, record):
+        if record.name.split(".")[0] in LIBRARY_LOGGERS:
+            records.append(record)
+        else:
+            call_handlers(logger, record)
+
+    logging.Logger.callHandlers = hold
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                yield
+            except Exception as e:
+                _attach_held(e, [r.getMessage() for r in records] + [str(w.message) for w in caught])
+                raise
+    finally:
+        logging.Logger.callHandlers = call_handlers
+    for record in records:  # the block succeeded: show what was held, as it would have been shown
+        call_handlers(logging.getLogger(record.name), record)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _attach_held(e: BaseException, messages: list[str]) -> None:
+    flat = [" ".join(m.split()) for m in messages]
+    flat = [m if len(m) <= HELD_CHARS else m[: HELD_CHARS - 3] + "..." for m in dict.fromkeys(flat) if m]
+    try:
+        e.l2c_held_output = flat
+    except AttributeError:  # an exception type that takes no attributes keeps its message alone
+        pass
+
+
+def _held_suffix(e: BaseException) -> str:
+    held = getattr(e, "l2c_held_output", None)
+    return f" (printed while loading: {' | '.join(held)})" if held else ""
 
 
 def _os_error(e: OSError) -> str:

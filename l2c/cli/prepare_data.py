@@ -22,8 +22,10 @@ def run(args) -> int:
     encode = None
     if args.vae:
         from ..utils.vae import load_vae
+        from .errors import library_output_held
 
-        encode = load_vae(args.vae).encode
+        with library_output_held():
+            encode = load_vae(args.vae).encode
     dataset = prepare_image_folder(args.folder, args.out, args.size, args.channels, encode=encode, chunk=args.chunk)
     print(
         f"wrote {args.out}: {len(dataset)} {dataset.kind} of shape {dataset.shape} in {len(dataset.classes)} classes; "

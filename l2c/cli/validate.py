@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from ..sampling.diffusion import SCHEDULES
+from ..sampling.seeds import MAX_SEED
+from .folders import check_owned
 
 # ---------------------------------------------------------------------------------------------------------------
 # Numbers: argument name -> (test, what is expected). None (an unset optional) always passes.
@@ -98,6 +100,8 @@ def _check_int_list(name: str, text: str) -> None:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise ValueError(f"--{name} {text!r}: the range {part.strip()} ends before it starts")
+        if name == "seeds" and hi >= MAX_SEED:
+            raise ValueError(f"--seeds {text!r}: seed {hi} is outside 0 .. 2^63-1 (2^63 and above would repeat seeds)")
         count += hi - lo + 1
     if count > MAX_IMAGES:
         raise ValueError(f"--{name} {text!r} lists {count} values; the limit is {MAX_IMAGES}")
@@ -164,6 +168,7 @@ PATHS = {
     "train-classifier": Paths({}, {"out": SAFETENSORS}),
     "compare": Paths({**MODEL_INPUTS, "router": FILE, "data": DATA}, {"out": FOLDER}),
     "demo": Paths({}, {"out": FOLDER}),
+    "export-diffusers": Paths(MODEL_INPUTS, {"out": FOLDER}),
 }
 
 
@@ -183,6 +188,7 @@ def check_paths(args) -> None:
         label = paths.label(name, getattr(args, name))
         if kind == FOLDER:
             check_output_folder(label, getattr(args, name))
+            check_owned(label, Path(getattr(args, name)), args.command)
         else:
             check_output_file(label, getattr(args, name), kind)
     named_inputs = {paths.label(n, getattr(args, n)): getattr(args, n) for n, k in inputs.items()}
@@ -191,7 +197,20 @@ def check_paths(args) -> None:
     _check_distinct({paths.label(n, getattr(args, n)): getattr(args, n) for n in outputs}, named_inputs)
     if args.command == "train-router":  # its working files go to the folder named like --out without extension
         work = Path(args.out).with_suffix("")
-        check_output_folder(f"the working folder {work} (--out without extension)", str(work))
+        label = f"the working folder {work} (--out without extension)"
+        check_output_folder(label, str(work))
+        check_owned(label, work, args.command)
+
+
+def output_folders(args) -> list[Path]:
+    """The folders the command writes into (all but export-diffusers', which is replaced whole): l2c.cli.folders."""
+    paths = PATHS.get(command_key(args))
+    if paths is None or args.command == "export-diffusers":
+        return []
+    folders = [Path(getattr(args, n)) for n, kind in _given(args, paths.outputs).items() if kind == FOLDER]
+    if args.command == "train-router":
+        folders.append(Path(args.out).with_suffix(""))
+    return folders
 
 
 def _given(args, declared: dict) -> dict:

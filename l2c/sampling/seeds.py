@@ -6,6 +6,8 @@ import re
 
 import torch
 
+MAX_SEED = 1 << 63  # seeds are in [0, 2^63)
+
 
 class StackedRandomGenerator:
     """One torch.Generator per image; rows of a batch are drawn from their own generator.
@@ -15,7 +17,11 @@ class StackedRandomGenerator:
     """
 
     def __init__(self, seeds: list[int], device: torch.device | str = "cpu"):
-        self.generators = [torch.Generator(device).manual_seed(int(s) % (1 << 63)) for s in seeds]
+        # torch seeds are 64-bit; a seed outside [0, 2^63) would wrap onto another seed's stream (two seeds, one image)
+        bad = [int(s) for s in seeds if not 0 <= int(s) < MAX_SEED]
+        if bad:
+            raise ValueError(f"seed {bad[0]} is outside 0 .. 2^63-1; each seed must name its own random stream")
+        self.generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
     def randn(self, shape, copies: int = 1, dtype=torch.float32, device="cpu") -> torch.Tensor:
         n = len(self.generators)
