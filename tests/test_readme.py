@@ -140,7 +140,7 @@ def test_headline_numbers_come_from_the_results_pages():
     rows = [line for line in table.splitlines() if line.startswith("|") and "](" in line]
     assert len(rows) >= 2, "one row per bundled model at least"
     models = {m for row in rows for m in re.findall(r"`(\w+-mnist)`", row)}
-    assert models == {"dit-mnist", "uvit-mnist"}
+    assert {"dit-mnist", "uvit-mnist"} <= models, "a row for each bundled model"
     for row in rows:
         target = LINK.findall(row)[-1]
         path, _, anchor = target.partition("#")
