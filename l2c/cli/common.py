@@ -11,7 +11,23 @@ from ..utils.precision import PRECISIONS
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows each option's default, except the empty ones (None, off, an empty list)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default in ("", [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+ADVANCED = "advanced (tuning knobs; the defaults suit most runs)"
+
+
+def advanced(p: argparse.ArgumentParser, title: str = ADVANCED):
+    """The parser's argument group `title`, made once: --help lists the options a user needs first, then these."""
+    groups = p.__dict__.setdefault("_l2c_groups", {})
+    if title not in groups:
+        groups[title] = p.add_argument_group(title)
+    return groups[title]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -30,9 +46,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "diffusers folder (DiTTransformer2DModel, or a pipeline folder; its scheduler drives --sampler diffusers-*)",
     )
     p.add_argument("--ckpt", default=None, help="checkpoint file for a preset (official .pt/.pth or ours)")
-    p.add_argument("--random-init", action="store_true", help="random weights (smoke tests; no --ckpt needed)")
-    p.add_argument("--schedule", default=None, help="beta schedule override (linear | scaled_linear)")
     p.add_argument("--device", default="cpu", help="torch device")
+    g = advanced(p)
+    g.add_argument("--random-init", action="store_true", help="random weights (smoke tests; no --ckpt needed)")
+    g.add_argument("--schedule", default=None, help="beta schedule override (linear | scaled_linear)")
 
 
 def add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -45,20 +62,19 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=int, default=20, help="DDIM/DDPM steps, or NFE for DPM-Solver")
     p.add_argument("--cfg", type=float, default=1.5, help="guidance weight w (1 = off; U-ViT's scale 0.4 = w 1.4)")
+    p = advanced(p)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η")
     p.add_argument(
         "--guided-channels",
         choices=["auto", "all"],
         default="auto",
-        help="DiT batched guidance: "
-        "'auto' guides 3 channels of 4-channel latents as upstream DiT does, else all; 'all' guides all",
+        help="DiT batched guidance: 'auto' guides 3 of 4 latent channels as upstream DiT does; 'all' guides all",
     )
     p.add_argument(
         "--dtype",
         choices=list(PRECISIONS),
         default="fp32",
-        help="model precision: fp32; tf32 (fp32 with TF32 matmuls on CUDA, DiT's sampling setting); bf16 / fp16 "
-        "autocast mixed precision (U-ViT's accelerate setting), parameters and sampler state stay fp32",
+        help="fp32; tf32 (TF32 matmuls on CUDA, DiT's setting); bf16 / fp16 autocast (U-ViT's; state stays fp32)",
     )
 
 

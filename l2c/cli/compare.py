@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_args, add_sampler_args, load_model, load_router_for, sample_config
+from .common import add_model_args, add_sampler_args, advanced, load_model, load_router_for, sample_config
 from .compare_sweep import add_sweep_arguments, run_sweep_command
 
 HELP = "L2C against fewer steps, FORA and manual layer selections: same seeds, one table"
@@ -19,23 +19,23 @@ def add_arguments(p) -> None:
         help="router file (from train-router or router import); required without --sweep, where it drives the "
         "l2c (θ) and drop methods",
     )
-    p.add_argument("--threshold", type=float, default=None, help="θ (default: the one stored in the router file)")
     p.add_argument("--images", type=int, default=1000, help="images per method for the quality metrics")
-    p.add_argument("--batch-size", type=int, default=100, help="sampling batch for the quality images")
-    p.add_argument("--repeats", type=int, default=3, help="latency repeats per method (median reported)")
-    p.add_argument("--latency-batch", type=int, default=64, help="images per timed batch")
-    p.add_argument("--fora", type=int, nargs="*", default=[2, 3], help="FORA intervals to include")
-    p.add_argument("--fewer-steps", type=int, nargs="*", default=[], help="extra step counts without caching")
-    p.add_argument(
+    p.add_argument("--out", default="compare_out", help="output folder (compare.md, compare.json, compare.png)")
+    g = advanced(p)
+    g.add_argument("--threshold", type=float, default=None, help="θ (default: the one stored in the router file)")
+    g.add_argument("--batch-size", type=int, default=100, help="sampling batch for the quality images")
+    g.add_argument("--repeats", type=int, default=3, help="latency repeats per method (median reported)")
+    g.add_argument("--latency-batch", type=int, default=64, help="images per timed batch")
+    g.add_argument("--fora", type=int, nargs="*", default=[2, 3], help="FORA intervals to include")
+    g.add_argument("--fewer-steps", type=int, nargs="*", default=[], help="extra step counts without caching")
+    g.add_argument(
         "--data",
         default="auto",
-        help="images for the single-layer-error baseline: 'mnist', 'generated', a prepared folder, 'none' "
-        "(skip it); 'auto' = mnist for MNIST models, else none",
+        help="single-layer-error baseline images: mnist, generated, a prepared folder, none (auto: per model)",
     )
-    p.add_argument("--smoothcache-images", type=int, default=16, help="SmoothCache calibration images (0 = skip it)")
-    p.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models: images compared decoded)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the error measurement")
-    p.add_argument("--out", default="compare_out", help="output folder (compare.md, compare.json, compare.png)")
+    g.add_argument("--smoothcache-images", type=int, default=16, help="SmoothCache calibration images (0 = skip it)")
+    g.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models: images compared decoded)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random baseline and the error measurement")
     add_sweep_arguments(p)
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
-from .common import load_model, load_router_for, sample_config
+from .common import advanced, load_model, load_router_for, sample_config
 
 
 def add_sweep_arguments(p) -> None:
     from ..methods import METHODS
 
     p.add_argument("--sweep", action="store_true", help="sweep every method across its knob (resumable, see --out)")
+    p = advanced(p, "advanced: --sweep")
     p.add_argument(
         "--methods",
         nargs="+",

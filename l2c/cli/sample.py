@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..jobs.compile import COMPILE_MODES
-from .common import add_model_args, add_sampler_args, load_model, load_router_for, sample_config
+from .common import add_model_args, add_sampler_args, advanced, load_model, load_router_for, sample_config
 
 HELP = "sample an image grid (and optionally an ADM-format .npz), with or without a router"
 
@@ -15,11 +15,7 @@ def add_arguments(p) -> None:
     add_sampler_args(p)
     p.add_argument("--seeds", default="0-15", help="image seeds, e.g. 0-63 or 1,5,9; image i depends only on its seed")
     p.add_argument("--classes", default="0-9", help="class labels, cycled over the seeds")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (does not change the images)")
     p.add_argument("--router", default=None, help="router file (.safetensors); samples with real skipping")
-    p.add_argument(
-        "--threshold", type=float, default=None, help="θ: execute a sub-layer iff its score > θ (default: the router's)"
-    )
     p.add_argument("--out", default="samples.png", help="output grid PNG")
     p.add_argument(
         "--npz",
@@ -27,15 +23,17 @@ def add_arguments(p) -> None:
         help="write all images as an ADM-format .npz (arr_0: uint8 NHWC, labels, seeds); resumable, and split over "
         "processes under torchrun",
     )
-    p.add_argument("--grid-max", type=int, default=256, help="images in the grid PNG (the first ones)")
-    p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder, for latent models")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="run every transformer block as a torch.compile graph (one per block kind and sub-layer pattern, "
-        "whatever the plan; compiles at the first batch)",
+    g = advanced(p)
+    g.add_argument(
+        "--threshold", type=float, default=None, help="θ: execute a sub-layer iff its score > θ (default: the router's)"
     )
-    p.add_argument(
+    g.add_argument("--batch-size", type=int, default=64, help="images per batch (does not change the images)")
+    g.add_argument("--grid-max", type=int, default=256, help="images in the grid PNG (the first ones)")
+    g.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder, for latent models")
+    g.add_argument(
+        "--compile", action="store_true", help="run each block as a torch.compile graph (the first batch compiles)"
+    )
+    g.add_argument(
         "--compile-mode",
         choices=list(COMPILE_MODES),
         default="default",

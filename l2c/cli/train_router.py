@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_args, add_sampler_args, load_model, sample_config
+from .common import add_model_args, add_sampler_args, advanced, load_model, sample_config
 
 HELP = "train a Learning-to-Cache router against a frozen model (Algorithm 1)"
 SETTINGS = ("iterations", "batch_size", "lr", "lam", "loss", "clamp", "threshold")
@@ -19,86 +19,79 @@ def add_arguments(p) -> None:
         help="'mnist', 'generated' (images the model samples itself), a folder made by `l2c prepare-data`, "
         "or an image folder (prepared beside --out first)",
     )
-    p.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models with an image folder)")
-    p.add_argument("--generated-images", type=int, default=512, help="pool size for --data generated")
-    p.add_argument("--iterations", type=int, default=None, help="router optimizer steps (default per model)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch per iteration (default per model)")
-    p.add_argument("--lr", type=float, default=None, help="router AdamW learning rate (default per model)")
     p.add_argument(
+        "--target-speedup",
+        type=float,
+        default=None,
+        help="learn a schedule over every evaluation that meets this MAC speedup (e.g. 2.5; beyond the paper)",
+    )
+    p.add_argument("--target-macs", type=float, default=None, help="the same, as a MAC fraction of uncached (e.g. 0.4)")
+    p.add_argument("--out", default="router.safetensors", help="router file to write (working files beside it)")
+    p.add_argument("--resume", action="store_true", help="continue from the working checkpoint beside --out")
+    _add_training_knobs(advanced(p, "advanced: router training (the paper's Algorithm 1)"))
+    _add_search_knobs(advanced(p, "advanced: learned schedules (with --target-speedup or --target-macs)"))
+
+
+def _add_training_knobs(g) -> None:
+    g.add_argument("--iterations", type=int, default=None, help="router optimizer steps (default per model)")
+    g.add_argument("--batch-size", type=int, default=None, help="batch per iteration (default per model)")
+    g.add_argument("--lr", type=float, default=None, help="router AdamW learning rate (default per model)")
+    g.add_argument(
         "--lam",
         "--lambda",
         dest="lam",
         default=None,
-        help="λ of the sparsity term, or 'auto': the --target-removal quantile of measured single-layer "
-        "caching errors (default: auto for the small presets, Table 8 with --official)",
+        help="λ of the sparsity term, or 'auto' from --target-removal (default: auto; Table 8 with --official)",
     )
-    p.add_argument(
+    g.add_argument(
         "--target-removal",
         type=float,
         default=0.5,
-        help="for --lam auto: share of cache-step sub-layers whose caching error is below λ",
+        help="--lam auto: λ is this quantile of the measured single-layer caching errors",
     )
-    p.add_argument("--loss", choices=["mean", "sum"], default=None, help="distillation loss form (DiT mean, U-ViT sum)")
-    p.add_argument("--clamp", type=float, default=None, help="clamp logits to ±c after each step; 0 = off")
-    p.add_argument("--threshold", type=float, default=None, help="θ stored in the router file")
-    p.add_argument("--ste-threshold", type=float, default=None, help="straight-through threshold in training")
-    p.add_argument("--official", action="store_true", help="use the paper's Table 8 settings (λ, lr, loss, clamp)")
-    p.add_argument("--seed", type=int, default=0, help="seed for batches, steps and the router init")
-    p.add_argument("--out", default="router.safetensors", help="router file to write (working files beside it)")
-    p.add_argument("--resume", action="store_true", help="continue from the working checkpoint beside --out")
-    g = p.add_argument_group(
-        "learned schedules over every evaluation (beyond the paper: past its 2x cap, trained on the cached "
-        "sampler's own trajectory, image-free); chosen by --target-speedup or --target-macs"
-    )
-    g.add_argument("--target-speedup", type=float, default=None, help="MAC speedup to meet (e.g. 2.5)")
-    g.add_argument("--target-macs", type=float, default=None, help="MAC fraction of the uncached run (e.g. 0.4)")
+    g.add_argument("--loss", choices=["mean", "sum"], default=None, help="distillation loss form (DiT mean, U-ViT sum)")
+    g.add_argument("--clamp", type=float, default=None, help="clamp logits to ±c after each step; 0 = off")
+    g.add_argument("--threshold", type=float, default=None, help="θ stored in the router file")
+    g.add_argument("--ste-threshold", type=float, default=None, help="straight-through threshold in training")
+    g.add_argument("--official", action="store_true", help="use the paper's Table 8 settings (λ, lr, loss, clamp)")
+    g.add_argument("--seed", type=int, default=0, help="seed for batches, steps and the router init")
+    g.add_argument("--generated-images", type=int, default=512, help="pool size for --data generated")
+    g.add_argument("--vae", default=None, help="local AutoencoderKL folder (latent models with an image folder)")
+
+
+def _add_search_knobs(g) -> None:
     g.add_argument(
-        "--action",
-        choices=["forecast2", "forecast1", "reuse"],
-        default="forecast2",
-        help="what a cell that is not computed does",
+        "--action", choices=["forecast2", "forecast1", "reuse"], default="forecast2", help="what a skipped cell does"
     )
-    g.add_argument(
-        "--search-rounds", type=int, default=2, help="rounds of budget-neutral moves measured on held-out noise"
-    )
+    g.add_argument("--search-rounds", type=int, default=2, help="rounds of budget-neutral moves (0: no search)")
     g.add_argument("--search-images", type=int, default=64, help="held-out noise seeds each move is measured on")
-    g.add_argument(
-        "--check-images",
-        type=int,
-        default=64,
-        help="other held-out seeds a kept move must improve as well, against over-fitting the first set (0: none)",
-    )
+    g.add_argument("--check-images", type=int, default=64, help="other seeds a kept move must also improve (0: none)")
+    # What the search leaves of the budget (it adds whole evaluations only where the held-out error falls, so up to
+    # one evaluation can be left): 'evaluation' spends it on the sub-layers of the one evaluation whose computation
+    # lowers the held-out error most, kept only if that error does not rise; 'blocks' block by block, the least
+    # harmful first, whatever the error; 'off' leaves it unspent.
     g.add_argument(
         "--fill-budget",
         nargs="?",
         const="blocks",
         choices=["evaluation", "blocks", "off"],
         default=None,
-        help="how to spend what the search leaves of the budget (it adds whole evaluations only where the held-out "
-        "error falls, so up to one evaluation can be left): 'evaluation' (default with a search) on the sub-layers "
-        "of the one evaluation whose computation lowers the held-out error most, kept only if that error does not "
-        "rise (a pass over the evaluations and one over its sub-layers); 'blocks' (the bare flag) block by block, "
-        "the least harmful first, whatever the error (a pass over the cells per block); 'off' leaves it unspent",
+        help="spend the budget the search leaves: evaluation (default with a search), blocks (bare flag), off",
     )
     g.add_argument(
-        "--search-snapshots",
-        type=int,
-        default=10,
-        help="snapshots of the kept plan's run that a candidate resumes from instead of the noise (0: none); each "
-        "holds the cache's stored outputs once more, so fewer save memory and cost time",
+        "--search-snapshots", type=int, default=10, help="stored runs a candidate resumes from (fewer: less memory)"
     )
     g.add_argument(
         "--search-error",
         choices=["images", "samples"],
         default="images",
-        help="what a move is measured on: the samples clipped to the saved images' range (pixel models), or unclipped",
+        help="measure moves on samples clipped to the image range (pixel models), or unclipped",
     )
     g.add_argument(
         "--forecast-form",
         choices=["newton", "taylorseer"],
         default="newton",
-        help="order-2 forecast: Newton's (the quadratic through the last three computed outputs) or TaylorSeer's own "
-        "k²/2 term (docs/benchmarks.md measures both)",
+        help="order-2 forecast: Newton's quadratic through three outputs, or TaylorSeer's k²/2 term",
     )
     g.add_argument("--window", type=int, default=5, help="evaluations per back-propagation window")
     g.add_argument("--max-skip", type=int, default=None, help="cap on consecutive non-computed evaluations")
