@@ -14,7 +14,6 @@ def add_sweep_arguments(p) -> None:
     from ..methods import METHODS
 
     p.add_argument("--sweep", action="store_true", help="sweep every method across its knob (resumable, see --out)")
-    p = advanced(p, "advanced: --sweep")
     p.add_argument(
         "--methods",
         nargs="+",
@@ -23,6 +22,7 @@ def add_sweep_arguments(p) -> None:
         metavar="METHOD",
         help=f"methods for --sweep (default: every one the inputs allow): {', '.join(METHODS)}",
     )
+    p = advanced(p, "advanced: --sweep")
     p.add_argument(
         "--values",
         action="append",
