@@ -95,7 +95,9 @@ class SublayerHooks:
         self.detach()
 
     def _count_call(self, module, args):
-        self.slot += 1
+        # A caller that names its calls (l2c.apply: "cond" / "uncond") sets the slot after this hook; counting
+        # resumes from 0 after a named call.
+        self.slot = self.slot + 1 if isinstance(self.slot, int) else 0
         self._called = set()
 
     def _end_call(self, module, args, output):

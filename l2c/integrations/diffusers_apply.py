@@ -1,15 +1,20 @@
 """Attach l2c's cache engine to the diffusers pipelines and transformers users already run.
 
-    handle = apply(pipe, "router.safetensors")      # DiTPipeline, DiTTransformer2DModel, PixArtTransformer2DModel
-    images = pipe(class_labels=[207], num_inference_steps=20).images
+    handle = apply(pipe, "router.safetensors")      # any transformer with a cache layout (l2c.cache.layout)
+    images = pipe(prompt, num_inference_steps=28).images
     handle.remove()                                 # the model and scheduler are exactly as before
 
-Nothing in the pipeline changes. The step index is the number of transformer calls since the sampling run began,
-counted on the host by a forward pre-hook (no `.item()` on a timestep, no host sync); a run begins when the
-pipeline calls `scheduler.set_timesteps`, which `apply` wraps on the scheduler *instance* (so repeated pipeline
-calls start from a clean cache). Batched guidance as DiTPipeline and PixArtAlphaPipeline run it (one doubled batch,
-one transformer call per step) needs nothing more; loops that call the transformer twice per step (conditional,
-then unconditional) pass `calls_per_step=2` and get two independent caches, one per call of the step.
+Nothing in the pipeline changes. Which evaluation a transformer call belongs to is read from the pipeline itself:
+the scheduler's own `set_timesteps` starts a run and its `step` ends an evaluation (both wrapped on the scheduler
+*instance*), so every transformer call between two steps belongs to the same evaluation, however many the pipeline
+makes: one with batched guidance, two with true CFG (FLUX and Qwen-Image only when a negative prompt is given), a
+third in SD3's skip-layer window. Each call of an evaluation gets its own cache, named after the pipeline's
+`cache_context` ("cond", "uncond", ...) where the transformer is a diffusers `CacheMixin`, by call order otherwise.
+A pipeline with two transformers taking turns (Wan 2.2's experts) has both cached on one step axis. Counting happens
+on the host (no `.item()` on a timestep, no device sync).
+
+A bare transformer with no scheduler keeps the simple rule: after `handle.reset()`, each call is the next step
+(times `calls_per_step`).
 
 The sub-layers are found through the same layout table as our own DiT and U-ViT (`l2c.cache.layout`), so a
 router trained on our DiT applies to its converted diffusers copy unchanged (attn -> attn1, mlp -> ff).
@@ -18,6 +23,8 @@ diffusers itself is never imported here: pipelines are recognised by their `tran
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
@@ -65,13 +72,16 @@ def _check_scheduler(meta: dict, scheduler) -> None:
         )
 
 
-def _split(pipe_or_transformer) -> tuple[nn.Module, object | None]:
-    """(transformer, scheduler or None): a pipeline is anything with a `transformer` module and a `scheduler`."""
+def _split(pipe_or_transformer) -> tuple[list[nn.Module], object | None]:
+    """(transformers, scheduler or None): a pipeline is anything with a `transformer` module and a `scheduler`; a
+    second expert (`transformer_2`, Wan 2.2) is cached too."""
     transformer = getattr(pipe_or_transformer, "transformer", None)
     if isinstance(transformer, nn.Module) and not isinstance(pipe_or_transformer, nn.Module):
-        return transformer, getattr(pipe_or_transformer, "scheduler", None)
+        second = getattr(pipe_or_transformer, "transformer_2", None)
+        models = [transformer] + ([second] if isinstance(second, nn.Module) else [])
+        return models, getattr(pipe_or_transformer, "scheduler", None)
     if isinstance(pipe_or_transformer, nn.Module):
-        return pipe_or_transformer, None
+        return [pipe_or_transformer], None
     raise TypeError(
         f"apply() takes a diffusers pipeline with a .transformer or a transformer module, "
         f"got {type(pipe_or_transformer).__name__}"
@@ -89,61 +99,129 @@ def _check_supported(transformer: nn.Module) -> None:
         raise ValueError(f"l2c.apply: cannot find the cacheable sub-layers of {name}: {e}") from None
 
 
-class DiffusersCache:
-    """What `apply` returns: the attached engine plus the step counter; `.remove()` restores everything.
+# More calls than this between two scheduler steps means the loop does not step the scheduler it was given.
+MAX_CALLS_PER_STEP = 8
 
-    Attributes: `engine` (the CacheEngine), `plan`, `calls` (transformer calls in the current run).
+
+class _Cached:
+    """One transformer under the cache: its engine, its pre-hook and its wrapped `cache_context`."""
+
+    def __init__(self, owner: DiffusersCache, transformer: nn.Module, plan: CachePlan):
+        self.transformer = transformer
+        self.engine = CacheEngine(transformer, plan)  # real skipping: reused sub-layers are not entered
+        self.context: str | None = None  # the pipeline's cache_context name while one is open
+        self.step = -1  # the evaluation this transformer's engine is at
+        self.calls = 0  # calls within it
+        # After the engine's own pre-hook, so the slot set here is the one the engine keys its caches by.
+        self.hook = transformer.register_forward_pre_hook(lambda module, args: owner._before_call(self))
+        self.saved_context = transformer.__dict__.get("cache_context")
+        self.context_wrapper = None
+        original = getattr(transformer, "cache_context", None)
+        if callable(original):
+            self.context_wrapper = self._named(original)
+            transformer.cache_context = self.context_wrapper
+
+    def _named(self, original):
+        @contextmanager
+        def cache_context(name, *args, **kwargs):
+            previous, self.context = self.context, name
+            try:
+                with original(name, *args, **kwargs):
+                    yield
+            finally:
+                self.context = previous
+
+        return cache_context
+
+    def remove(self) -> None:
+        self.hook.remove()
+        self.engine.detach()
+        if self.context_wrapper is not None and self.transformer.__dict__.get("cache_context") is self.context_wrapper:
+            if self.saved_context is None:
+                del self.transformer.cache_context
+            else:
+                self.transformer.cache_context = self.saved_context
+
+
+class DiffusersCache:
+    """What `apply` returns: the attached engines plus the step counter; `.remove()` restores everything.
+
+    Attributes: `engine` (the first transformer's CacheEngine), `engines` (one per transformer), `plan`, `step`
+    (evaluations finished in the current run: scheduler steps, or calls // calls_per_step without a scheduler).
     """
 
-    def __init__(self, transformer: nn.Module, plan: CachePlan, scheduler=None, pipe=None, calls_per_step: int = 1):
+    def __init__(self, transformers, plan: CachePlan, scheduler=None, pipe=None, calls_per_step: int = 1):
+        if isinstance(transformers, nn.Module):
+            transformers = [transformers]
         if calls_per_step < 1:
             raise ValueError(f"calls_per_step must be >= 1, got {calls_per_step}")
-        _check_supported(transformer)
-        self.transformer = transformer
+        for transformer in transformers:
+            _check_supported(transformer)
+        self.transformers = list(transformers)
+        self.transformer = self.transformers[0]
         self.plan = plan
         self.calls_per_step = calls_per_step
-        self.calls = 0
+        self.calls = 0  # transformer calls in the current run
+        self.step = 0
         self._pipe = pipe  # to notice `pipe.scheduler = ...` made after apply()
         self._scheduler = None
-        self._wrapper = None
+        self._wrappers: dict[str, object] = {}
+        self._saved: dict[str, object] = {}
         self._check_chunking()
-        self.engine = CacheEngine(transformer, plan)  # real skipping: reused sub-layers are not entered
-        # prepend: our hook sets the step before the engine's own pre-hook counts this call as a slot.
-        self._hook = transformer.register_forward_pre_hook(self._before_call, prepend=True)
-        if scheduler is not None:
-            try:
+        self._cached: list[_Cached] = []
+        try:
+            for transformer in self.transformers:
+                self._cached.append(_Cached(self, transformer, plan))
+            if scheduler is not None:
                 self._wrap_scheduler(scheduler)
-            except Exception:
-                self._hook.remove()
-                self.engine.detach()
-                raise
+        except Exception:
+            for cached in self._cached:
+                cached.remove()
+            raise
+        self.engines = [c.engine for c in self._cached]
+        self.engine = self.engines[0]
 
     # ------------------------------------------------------------------ the step index
     def reset(self) -> None:
-        """Start a new sampling run: step 0, empty cache. Automatic with a scheduler; call it yourself otherwise."""
-        self.calls = 0
-        self.engine.reset()
+        """Start a new sampling run: step 0, empty caches. Automatic with a scheduler; call it yourself otherwise."""
+        self.calls = self.step = 0
+        for cached in self._cached:
+            cached.engine.reset()
+            cached.step, cached.calls = -1, 0
 
-    def _before_call(self, module, args):
+    def _before_call(self, cached: _Cached) -> None:
         current = getattr(self._pipe, "scheduler", None)
         if self._pipe is not None and current is not self._scheduler and current is not None:
             # The pipeline's scheduler was replaced after apply(): its set_timesteps (already called for this
             # run) was not wrapped, so this call is the first of a new run. Wrap the new one and start clean.
             self._wrap_scheduler(current)
             self._start_run()
-        step, call_in_step = divmod(self.calls, self.calls_per_step)
-        if call_in_step == 0:
-            if step >= self.plan.num_steps:
-                raise RuntimeError(
-                    f"l2c: transformer call {self.calls + 1} would be sampling step {step}, but the cache plan "
-                    f"covers {self.plan.num_steps} steps (x {self.calls_per_step} calls): the loop runs more "
-                    "model calls than the plan has steps. Use a plan made for this many steps; with a bare "
-                    "transformer, call handle.reset() before each sampling run or pass scheduler= to apply()."
-                )
+        if self._scheduler is None:
+            self.step, call_in_step = divmod(self.calls, self.calls_per_step)
+        self.calls += 1
+        step = self.step
+        if step >= self.plan.num_steps:
+            raise RuntimeError(
+                f"l2c: transformer call {self.calls} would be sampling step {step}, but the cache plan covers "
+                f"{self.plan.num_steps} steps: the loop runs more model calls than the plan has steps. Use a plan "
+                "made for this many steps; with a bare transformer, call handle.reset() before each sampling run "
+                "or pass scheduler= to apply()."
+            )
+        engine = cached.engine
+        if step != cached.step:
             if step == 0:
                 self._check_chunking()
-            self.engine.begin_step(step)
-        self.calls += 1
+            engine.begin_step(step)
+            cached.step, cached.calls = step, 0
+        if self._scheduler is not None and cached.calls >= MAX_CALLS_PER_STEP:
+            raise RuntimeError(
+                f"l2c: {cached.calls + 1} transformer calls without a scheduler step: the sampling loop does not "
+                f"call step() on the scheduler the cache follows ({type(self._scheduler).__name__}); pass the one "
+                "it steps as scheduler=, or none and call handle.reset() before each run"
+            )
+        # The cache of this call: the pipeline's cache_context name, else its order within the evaluation.
+        engine.slot = cached.context if cached.context is not None else cached.calls
+        cached.calls += 1
 
     def _start_run(self) -> None:
         self.reset()
@@ -159,50 +237,64 @@ class DiffusersCache:
                 f"trained for {len(timesteps)} steps"
             )
 
+    def _end_step(self) -> None:
+        self.step += 1
+
     # ------------------------------------------------------------------ scheduler wrapping
     def _wrap_scheduler(self, scheduler) -> None:
         self._unwrap_scheduler()
-        original = scheduler.set_timesteps  # bound method (or an earlier instance wrapper)
+        self._scheduler = scheduler
+        for name, after in (("set_timesteps", self._start_run), ("step", self._end_step)):
+            original = getattr(scheduler, name)  # bound method (or an earlier instance wrapper)
+            self._saved[name] = scheduler.__dict__.get(name)  # None: the class method shows through on restore
+            self._wrappers[name] = wrapper = self._following(name, original, after)
+            setattr(scheduler, name, wrapper)
 
-        def set_timesteps(*args, **kwargs):
+    def _following(self, name, original, after):
+        # wraps: the signature shows through (pipelines inspect set_timesteps for `sigmas=` / `timesteps=`).
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
             out = original(*args, **kwargs)
-            if self._wrapper is set_timesteps:  # a removed handle's leftover wrapper only passes through
-                self._start_run()
+            if self._wrappers.get(name) is wrapper:  # a removed handle's leftover wrapper only passes through
+                after()
             return out
 
-        self._scheduler, self._wrapper = scheduler, set_timesteps
-        self._saved = scheduler.__dict__.get("set_timesteps")  # None: the class method shows through on restore
-        scheduler.set_timesteps = set_timesteps
+        return wrapper
 
     def _unwrap_scheduler(self) -> None:
-        scheduler, wrapper = self._scheduler, self._wrapper
-        self._scheduler = self._wrapper = None
-        if scheduler is None or scheduler.__dict__.get("set_timesteps") is not wrapper:
-            return  # someone wrapped it after us: leave theirs; ours now passes through (see set_timesteps)
-        if self._saved is None:
-            del scheduler.set_timesteps
-        else:
-            scheduler.set_timesteps = self._saved
+        scheduler, wrappers = self._scheduler, self._wrappers
+        self._scheduler, self._wrappers = None, {}
+        if scheduler is None:
+            return
+        for name, wrapper in wrappers.items():
+            if scheduler.__dict__.get(name) is not wrapper:
+                continue  # someone wrapped it after us: leave theirs; ours now passes through
+            if self._saved.get(name) is None:
+                delattr(scheduler, name)
+            else:
+                setattr(scheduler, name, self._saved[name])
 
     # ------------------------------------------------------------------ checks and removal
     def _check_chunking(self) -> None:
         # Feed-forward chunking calls `ff` once per chunk within one block call; a per-call cache would then hand
         # one chunk's output to every chunk. Refuse rather than compute something wrong.
-        for index, block in enumerate(layout_for(self.transformer).blocks(self.transformer)):
-            if getattr(block, "_chunk_size", None) is not None:
-                raise RuntimeError(
-                    f"l2c: block {index} uses feed-forward chunking (enable_forward_chunking); "
-                    "call transformer.disable_forward_chunking() before caching"
-                )
+        for transformer in self.transformers:
+            for index, block in enumerate(layout_for(transformer).blocks(transformer)):
+                if getattr(block, "_chunk_size", None) is not None:
+                    raise RuntimeError(
+                        f"l2c: block {index} uses feed-forward chunking (enable_forward_chunking); "
+                        "call transformer.disable_forward_chunking() before caching"
+                    )
 
     def remove(self) -> None:
-        """Restore the transformer (sub-layer forwards, hooks) and the scheduler exactly as they were."""
+        """Restore the transformers (sub-layer forwards, hooks, cache_context) and the scheduler exactly."""
         if self.engine is None:
             return
-        self._hook.remove()
-        self.engine.detach()
+        for cached in self._cached:
+            cached.remove()
         self._unwrap_scheduler()
         self.engine = None
+        self.engines = []
 
     def __enter__(self):
         return self
@@ -222,13 +314,16 @@ def apply(
     """Cache the transformer of a diffusers pipeline (or a bare transformer) with a learned plan; see module doc.
 
     router_or_plan: a CachePlan, a Router, or a router file (θ: `threshold`, else the file's, else 0.5).
-    scheduler: for a bare transformer in a hand-written loop, the scheduler whose `set_timesteps` starts a run
-        (without one, call `handle.reset()` before each run). A pipeline's own scheduler is used automatically.
-    calls_per_step: transformer calls per sampling step (1 for batched guidance, 2 for separate cond / uncond).
+    scheduler: for a bare transformer in a hand-written loop, the scheduler whose `set_timesteps` starts a run and
+        whose `step` ends an evaluation (without one, call `handle.reset()` before each run). A pipeline's own
+        scheduler is used automatically.
+    calls_per_step: without a scheduler only: transformer calls per sampling step (1 for batched guidance, 2 for
+        separate cond / uncond calls). With a scheduler the calls are counted between its steps.
     """
-    transformer, pipe_scheduler = _split(pipe_or_transformer)
+    transformers, pipe_scheduler = _split(pipe_or_transformer)
     # Follow `pipe.scheduler` (and re-wrap it if replaced later) unless a scheduler was named explicitly.
-    pipe = pipe_or_transformer if transformer is not pipe_or_transformer and scheduler is None else None
+    is_pipe = transformers[0] is not pipe_or_transformer
+    pipe = pipe_or_transformer if is_pipe and scheduler is None else None
     plan, meta = _resolve(router_or_plan, threshold)
     _check_scheduler(meta, scheduler or pipe_scheduler)
-    return DiffusersCache(transformer, plan, scheduler or pipe_scheduler, pipe=pipe, calls_per_step=calls_per_step)
+    return DiffusersCache(transformers, plan, scheduler or pipe_scheduler, pipe=pipe, calls_per_step=calls_per_step)
