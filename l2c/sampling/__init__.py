@@ -1,5 +1,6 @@
 """Samplers (one class each, in SAMPLERS), guidance, schedules and per-image seeds."""
 
+from .flow_matching import DiffusersFlowMatchEuler, calculate_shift
 from .guidance import batched_cfg_denoiser, conditional_denoiser, separate_cfg_denoiser
 from .samplers import (
     DDIM,
@@ -17,9 +18,13 @@ from .samplers import (
 from .schedules import NoiseScheduleVP, space_timesteps
 from .seeds import StackedRandomGenerator, parse_int_list
 
+SAMPLERS[DiffusersFlowMatchEuler.name] = DiffusersFlowMatchEuler  # here, because it subclasses a samplers.py class
+
 __all__ = [
     "DDIM",
     "DDPM",
+    "DiffusersFlowMatchEuler",
+    "calculate_shift",
     "DPMSolver2M",
     "DPMSolver2S",
     "SAMPLERS",

@@ -351,7 +351,7 @@ class DiffusersDPMSolverMultistep(DiffusersScheduler):
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls for cls in (DDIM, DDPM, DPMSolver2S, DPMSolver2M, DiffusersDDIM, DiffusersDPMSolverMultistep)
-}
+}  # + l2c.sampling.flow_matching's sampler, registered by the package (it builds on DiffusersScheduler)
 
 
 def default_sampler(model, spec: DiffusionSpec) -> str:
@@ -366,12 +366,17 @@ def default_sampler(model, spec: DiffusionSpec) -> str:
     return conventions(model).sampler
 
 
-def make_sampler(name: str, steps: int, spec: DiffusionSpec, eta: float = 0.0) -> Sampler:
-    """The sampler `name` with `steps` steps (DDIM / DDPM) or evaluations (DPM-Solver) for a model of `spec`."""
+def make_sampler(
+    name: str, steps: int, spec: DiffusionSpec, eta: float = 0.0, image_seq_len: int | None = None
+) -> Sampler:
+    """The sampler `name` with `steps` steps (DDIM / DDPM) or evaluations (DPM-Solver) for a model of `spec`;
+    `image_seq_len` (packed image tokens) sets a flow-matching scheduler's dynamic shift, and is ignored by others."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
     if steps < 2:
         raise ValueError(f"need at least 2 steps, got {steps}")
+    if getattr(SAMPLERS[name], "dynamic_shift", False):
+        return SAMPLERS[name].for_spec(steps, spec, eta, image_seq_len)
     return SAMPLERS[name].for_spec(steps, spec, eta)
 
 
