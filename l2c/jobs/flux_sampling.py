@@ -19,6 +19,7 @@ from ..models.flux_mnist import (
     latents_to_pixels,
     unpack_latents,
 )
+from .generate import to_uint8
 
 
 def flux_pipeline(transformer, scheduler):
@@ -84,13 +85,8 @@ def sample_flux_mnist(
             output_type="latent",
             return_dict=False,
         )[0]  # packed (n, 49, 16)
-        out.append(to_uint8(latents_to_pixels(unpack_latents(latents.float(), 14, 14))))
+        out.append(to_uint8(latents_to_pixels(unpack_latents(latents.float(), 14, 14)))[..., 0])
     return np.concatenate(out)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 1, 28, 28) in [-1, 1] -> uint8 (N, 28, 28)."""
-    return ((x[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
 def flux_denoiser(transformer, prompts: dict, cfg: float, img_ids: torch.Tensor):

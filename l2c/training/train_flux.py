@@ -29,6 +29,7 @@ from ..models.flux_mnist import (
     image_ids,
     pack_latents,
     pixels_to_latents,
+    save_flux_mnist,
 )
 from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
 from .train_model import _plot_losses, _update_ema, check_resume
@@ -170,3 +171,9 @@ def load_trained(path: str | Path, ema: bool = True) -> FluxMNIST:
     net = FluxMNIST()
     net.load_state_dict(ckpt["ema" if ema else "model"])
     return net.eval().requires_grad_(False)
+
+
+def export_trained(path: str | Path, out: str | Path, ema: bool = True) -> Path:
+    """Write a train_flux checkpoint's EMA weights as a flux-mnist diffusers folder (float16; see save_flux_mnist)."""
+    net = load_trained(path, ema)
+    return save_flux_mnist(net.transformer, net.prompts, out)
