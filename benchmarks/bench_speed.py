@@ -221,7 +221,7 @@ def summarize(name: str, steps: int, plans: dict, predicted: dict, results: dict
                 "runs_s": r["runs"],
                 "peak_gib": r["peak_bytes"] / 2**30,
                 "speedup_vs_uncached": base / r["median_s"],
-                "mac_speedup": predicted[cache]["mac_speedup"] if plan is not None else 1.0,
+                "mac_speedup": predicted[cache]["mac_speedup_linear"] if plan is not None else 1.0,
                 "speedup_vs_eager_fp32_uncached": reference / r["median_s"] if reference else None,
             }
         )

@@ -89,7 +89,7 @@ def main() -> None:
     macs = profile_macs(meta["preset"], **size)
     pm, fm = plan_macs(plan, macs), plan_macs(full, macs)
     measured = timing["uncached"]["median_s"] / timing["cached"]["median_s"]
-    predicted = fm["macs_analytic"] / pm["macs_analytic"]
+    predicted = fm["macs_per_image_plan_with_attention"] / pm["macs_per_image_plan_with_attention"]
     result = {
         "model": meta["preset"],
         "batch": args.batch,
@@ -104,7 +104,7 @@ def main() -> None:
         "cached_runs_s": timing["cached"]["runs"],
         "measured_speedup": measured,
         "predicted_speedup_analytic": predicted,
-        "predicted_speedup_paper": pm["macs_full"] / pm["macs_paper"],
+        "predicted_speedup_paper": pm["mac_speedup_linear"],
         "measured_over_predicted": measured / predicted,
         "device": device_name(args.device),
         "torch": torch.__version__,

@@ -38,8 +38,8 @@ def test_official_router_counts(name, arch, steps, theta, per_step, totals, macs
     assert s["per_step"] == per_step
     assert (s["executed"], s["total"], s["executed_attn"], s["executed_mlp"]) == totals
     if macs_t is not None:  # spec Table 1: DDIM full 2.29 / 5.72 T, L2C 1.78 / 4.36 T (paper convention)
-        assert round(s["macs_paper"] / 1e12, 2) == macs_t
-        assert round(s["macs_full"] / 1e12, 2) == {20: 2.29, 50: 5.72}[steps]
+        assert round(s["macs_per_image_plan_linear"] / 1e12, 2) == macs_t
+        assert round(s["macs_per_image_uncached_linear"] / 1e12, 2) == {20: 2.29, 50: 5.72}[steps]
 
 
 @needs_official
@@ -104,7 +104,10 @@ def test_cli_router_import_and_show_json(tmp_path, capsys):
     s = json.loads(capsys.readouterr().out)
     assert (s["executed"], s["total"], s["executed_attn"], s["executed_mlp"]) == (312, 560, 157, 155)
     assert s["per_step"] == DIT20
-    assert round(s["macs_paper"] / 1e12, 2) == 1.78 and round(s["macs_full"] / 1e12, 2) == 2.29
+    assert (
+        round(s["macs_per_image_plan_linear"] / 1e12, 2) == 1.78
+        and round(s["macs_per_image_uncached_linear"] / 1e12, 2) == 2.29
+    )
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert main(["router", "show", str(out), "--model", "U-ViT-H/2", "--json"]) == 2  # 56 vs 58 sub-layers
 

@@ -240,7 +240,9 @@ def test_router_show_takes_the_bundled_models_names_as_presets(capsys):
     for name in ("dit-mnist", "DiT-mnist"):
         assert main(["router", "show", bundled, "--model", name, "--json"]) == 0
         shown.append(json.loads(capsys.readouterr().out))
-    assert shown[0] == shown[1] and shown[0]["macs_uncached"] > shown[0]["macs_paper"] > 0
+    assert (
+        shown[0] == shown[1] and shown[0]["macs_per_image_uncached_linear"] > shown[0]["macs_per_image_plan_linear"] > 0
+    )
 
 
 def test_schedule_router_file_sampling_and_show(tmp_path, capsys):
@@ -255,9 +257,11 @@ def test_schedule_router_file_sampling_and_show(tmp_path, capsys):
     capsys.readouterr()
     assert main(["router", "show", str(out), "--model", "DiT-tiny", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["macs_uncached"] == shown["macs_full"] and shown["actions"]["forecast2"] > 0
+    assert "macs_uncached" not in shown and "macs_full" not in shown and shown["actions"]["forecast2"] > 0
     assert shown["forecast_form"] == meta["form"] == "newton"  # the search's default (ScheduleConfig.form)
-    assert shown["macs_paper"] / shown["macs_uncached"] == pytest.approx(meta["met_macs"], rel=1e-9)
+    assert shown["macs_per_image_plan_linear"] / shown["macs_per_image_uncached_linear"] == pytest.approx(
+        meta["met_macs"], rel=1e-9
+    )
     grid = tmp_path / "g.png"
     assert main(["sample", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--router", str(out),
                  "--seeds", "0-3", "--out", str(grid)]) == 0  # fmt: skip

@@ -66,7 +66,10 @@ def standard_methods(
     plan = router.to_plan(threshold)
     n, layers, cache_steps = router.num_steps, router.num_sublayers, router.cache_steps
     reuse = reused_count(plan)
-    ratio = plan_macs(plan, macs)["macs_paper"] / plan_macs(CachePlan.full(n, layers), macs)["macs_paper"]
+    ratio = (
+        plan_macs(plan, macs)["macs_per_image_plan_linear"]
+        / plan_macs(CachePlan.full(n, layers), macs)["macs_per_image_plan_linear"]
+    )
     methods = [Method(f"uncached, {steps} steps", steps), Method(f"L2C (θ = {threshold})", steps, plan)]
     for k in sorted({equal_cost_steps(steps, ratio, sampler), *fewer_steps}, reverse=True):
         if k != steps:
@@ -140,7 +143,7 @@ def run_comparison(
             "steps": m.steps,
             "executed": int(plan.compute.sum()),
             "total": int(plan.compute.numel()),
-            "macs_g": cost["macs_paper"] / 1e9,
+            "macs_g": cost["macs_per_image_plan_linear"] / 1e9,
             "latency_s": timing[m.name]["median_s"],
             "latency_runs_s": timing[m.name]["runs"],
             "latency_batch": n,

@@ -148,7 +148,7 @@ def _rows(model, meta, router, threshold, arms, samples, classes, timing):
                 "nfe": plan.num_steps,
                 "executed": int(plan.compute.sum()),
                 "total": int(plan.compute.numel()),
-                "macs_g": mac["macs_paper"] / 1e9,
+                "macs_g": mac["macs_per_image_plan_linear"] / 1e9,
                 "latency_s": t["median_s"],
                 "latency_min_s": t["min_s"],
                 "latency_max_s": t["max_s"],
