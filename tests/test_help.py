@@ -47,3 +47,24 @@ def test_train_router_lists_the_options_a_user_needs_first(capsys):
 def test_every_command_has_help():
     for name in COMMANDS:
         assert main([name, "--help"]) == 0
+
+
+def test_every_key_of_router_show_json_is_documented_and_the_old_mac_names_are_gone(capsys):
+    import json
+    from pathlib import Path
+
+    from l2c.models.checkpoints import ASSETS
+
+    doc = (Path(__file__).parent.parent / "docs" / "json-keys.md").read_text()
+    documented = set(re.findall(r"`([a-z_<>]+)`", doc))
+    assert (
+        main(
+            ["router", "show", str(ASSETS / "dit-mnist-schedule-ddim20.safetensors"), "--model", "dit-mnist", "--json"]
+        )
+        == 0
+    )
+    shown = json.loads(capsys.readouterr().out)
+    assert not {"macs_paper", "macs_full", "macs_uncached", "macs_analytic"} & set(shown)
+    kinds = [k.replace("<kind>", "") for k in documented if "<kind>" in k]
+    for key in shown:
+        assert key in documented or any(key.startswith(prefix) for prefix in kinds), key
