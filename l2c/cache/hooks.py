@@ -94,13 +94,19 @@ class RunPlan:
         self.stored_bytes = self.peak_bytes = 0
 
     def snapshot(self) -> dict:
-        """The stored histories as they stand, as copies that running on leaves unchanged (see restore)."""
-        return {key: history.copy() for key, history in self.histories.items()}
+        """The stored histories as they stand, as copies that running on leaves unchanged (see restore), with the
+        argument shapes and output structures they were computed from."""
+        return {
+            "histories": {key: history.copy() for key, history in self.histories.items()},
+            "signatures": dict(self.signatures),
+            "shapes": dict(self._shapes),
+        }
 
-    def restore(self, histories: dict) -> None:
+    def restore(self, state: dict) -> None:
         """Continue from a snapshot() (itself kept unchanged, so it can be restored again); the memory peak counts
         from here."""
-        self.histories = {key: history.copy() for key, history in histories.items()}
+        self.histories = {key: history.copy() for key, history in state["histories"].items()}
+        self.signatures, self._shapes = dict(state["signatures"]), dict(state["shapes"])
         self.stored_bytes = self.peak_bytes = sum(h.nbytes() for h in self.histories.values())
 
     def __call__(self, step, slot, index, forward, args, kwargs):
