@@ -59,6 +59,7 @@ EPILOG = """examples:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="l2c", description=__doc__, epilog=EPILOG, formatter_class=Formatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("--version", action="version", version=f"l2c {package_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         command = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=Formatter)
@@ -66,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name in LONG_COMMANDS:
             command.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     return p
+
+
+def package_version() -> str:
+    """The installed distribution's version; l2c.__version__ when run from a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("l2c")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:
