@@ -1,0 +1,73 @@
+"""Workloads from diffusers FLUX folders with precomputed prompt embeddings: built, measured, and refused in one
+line before any work when the conditioning does not fit the model."""
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+from safetensors.torch import save_file  # noqa: E402
+from test_workload import _packed_flux  # noqa: E402
+
+from l2c.cache.layout import describe  # noqa: E402
+from l2c.jobs.diffusers_workload import flux_workload, is_flux_model, workload_macs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flux")
+    _packed_flux().save_pretrained(root / "transformer")
+    diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).save_pretrained(root / "scheduler")
+    return root
+
+
+def _conditioning(path, **shapes):
+    g = torch.Generator().manual_seed(0)
+    default = dict(
+        prompt_embeds=(2, 8, 32),
+        pooled_prompt_embeds=(2, 32),
+        negative_prompt_embeds=(1, 8, 32),
+        negative_pooled_prompt_embeds=(1, 32),
+    )
+    default.update(shapes)
+    save_file({k: torch.randn(*v, generator=g) for k, v in default.items() if v is not None}, str(path))
+    return str(path)
+
+
+def test_a_flux_folder_makes_a_workload_and_its_macs(folder, tmp_path):
+    assert is_flux_model(str(folder)) and not is_flux_model(str(tmp_path))
+    workload, meta = flux_workload(
+        str(folder), _conditioning(tmp_path / "c.safetensors"), steps=4, cfg=2.0, height=64, width=64
+    )
+    assert meta["class"] == "FluxTransformer2DModel" and workload.latent == (4, 8, 8)
+    macs = workload_macs(workload)
+    assert len(macs.sublayer_linear) == len(describe(workload.model))
+    assert macs.full("analytic") > macs.full("paper") > 0
+    x = workload.noise([1, 2])
+    denoise, _ = workload.denoiser(torch.tensor([0, 1]))
+    with torch.no_grad():
+        assert workload.sampler.sample(denoise, x).shape == (2, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "shapes, cfg, message",
+    [
+        (dict(negative_prompt_embeds=None), 2.0, "no negative_prompt_embeds .*true CFG"),
+        (dict(prompt_embeds=(2, 8, 31)), 1.0, r"prompt_embeds has shape \(2, 8, 31\), expected \(P, S, 32\)"),
+        (dict(prompt_embeds=(0, 8, 32), pooled_prompt_embeds=(0, 32)), 1.0, "P >= 1 prompts"),
+        (dict(pooled_prompt_embeds=None), 1.0, "no pooled_prompt_embeds"),
+        (dict(pooled_prompt_embeds=(3, 32)), 1.0, "2 prompt_embeds but 3 pooled"),
+    ],
+)
+def test_conditioning_that_does_not_fit_is_refused(folder, tmp_path, shapes, cfg, message):
+    path = _conditioning(tmp_path / "c.safetensors", **shapes)
+    with pytest.raises(ValueError, match=message) as caught:
+        flux_workload(str(folder), path, steps=4, cfg=cfg, height=64, width=64)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_folder_without_prompts_is_refused(folder, tmp_path):
+    with pytest.raises(ValueError, match="pass --conditioning"):
+        flux_workload(str(folder), None, steps=4)
+    (tmp_path / "x.safetensors").write_text("not safetensors")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        flux_workload(str(folder), str(tmp_path / "x.safetensors"), steps=4)
