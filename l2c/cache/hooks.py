@@ -131,7 +131,8 @@ class RunPlan:
             self._store(step, key, out)
             return out
         if action == DROP:
-            out = self._zeros_for(key)
+            # (A compiled block makes its own zeros and kept no shape: it calls here for the bookkeeping only.)
+            out = self._zeros_for(key) if key in self._shapes else None
         else:
             history = self._history(key, step)
             out = history.f0 if action == REUSE else self._forecast(history, step, _FORECAST_ORDER[action])
@@ -142,7 +143,7 @@ class RunPlan:
     def _remember_shape(self, key, out) -> None:
         # A dropped sub-layer returns zeros shaped like its *output* (an output projection is 5d -> d, a joint
         # attention returns a pair): the structure of its last computed output, kept only if the plan drops.
-        if self.drops:
+        if self.drops and out is not None:  # None: a compiled block computed it and keeps nothing (l2c.jobs.compile)
             self._shapes[key] = output_shape(out)
 
     def _zeros_for(self, key):

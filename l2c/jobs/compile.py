@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..cache.hooks import RunPlan
+from ..cache.hooks import RunPlan, signature
 from ..cache.layout import layout_for, sublayers
 from ..cache.plan import COMPUTE, DROP, REUSE, CachePlan
 
@@ -178,9 +178,16 @@ class CompiledCache:
         if self.runner is None:
             return
         actions, keep = self.actions[self.step], self.keep[self.step]
+        # The runner keys what it stores by the model call's argument shapes: a call of other shapes (a new batch
+        # size) computes what the plan would have reused, and the runner stores it afresh after the call.
+        self._args = args
+        shapes = signature(args, {})
         for index, route in enumerate(self.routes):
             action = actions[index]
             route.given = None
+            if action != COMPUTE and self.runner.signatures.get((self.slot, index)) != shapes:
+                route.what = _COMPUTE_KEEP
+                continue
             if action == COMPUTE:
                 route.what = _COMPUTE_KEEP if keep[index] else _COMPUTE
                 continue
@@ -212,7 +219,7 @@ class CompiledCache:
             fresh, route.fresh = route.fresh, None
             if fresh is not None and self.cudagraphs:
                 fresh = fresh.clone()  # the next replay of this graph overwrites its outputs
-            self.runner(self.step, self.slot, index, _returning(fresh), (), {})
+            self.runner(self.step, self.slot, index, _returning(fresh), self._args, {})
 
     @property
     def peak_stored_bytes(self) -> int:
