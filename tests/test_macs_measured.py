@@ -39,3 +39,46 @@ def test_measured_on_flux_attributes_fused_inputs_and_attention():
     assert all(measured.sublayer_attention[i] == 0 for i, s in enumerate(subs) if s.kind.startswith("mlp"))
     assert measured.always_linear > 0  # embedders, modulation, the output head
     assert measured.sublayer_outputs[joint[0]] == (16 + 8) * width  # the (image, text) pair
+
+
+def _engine_peak(model, call, plan, steps):
+    from l2c.cache import CacheEngine
+
+    with torch.no_grad(), CacheEngine(model, plan) as engine:
+        for j in range(steps):
+            engine.begin_step(j)
+            call(j)
+        return engine.peak_stored_bytes
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_plan_peak_bytes_is_what_the_engine_holds(seed):
+    from l2c.cache.macs import plan_peak_bytes
+    from l2c.cache.plan import COMPUTE, CachePlan
+
+    model = create_model("DiT-tiny").eval()
+    profile = profile_macs("DiT-tiny")
+    steps, L = 8, len(profile.sublayer_linear)
+    actions = torch.randint(0, 5, (steps, L), generator=torch.Generator().manual_seed(seed)).to(torch.int8)
+    actions[0] = COMPUTE
+    plan = CachePlan.from_actions(actions)
+    x = torch.randn(3, model.in_channels, model.input_size, model.input_size)
+
+    def call(j):
+        model(x, torch.full((3,), 900.0 - 100 * j), torch.tensor([1, 2, 3]))
+
+    assert plan_peak_bytes(plan, profile.sublayer_outputs, batch=3) == _engine_peak(model, call, plan, steps) > 0
+
+
+def test_plan_peak_bytes_on_flux_tuple_outputs():
+    pytest.importorskip("diffusers")
+    from test_layouts import _build, _flux_inputs
+
+    from l2c.cache.macs import plan_peak_bytes
+    from l2c.cache.schedules import taylorseer
+
+    model, _ = _build("flux")
+    measured = measure_macs(model, lambda: model(**_flux_inputs(1.0)))
+    plan = taylorseer(6, len(measured.sublayer_linear), 2, 2)
+    peak = _engine_peak(model, lambda j: model(**_flux_inputs(1.0 - 0.1 * j)), plan, 6)
+    assert plan_peak_bytes(plan, measured.sublayer_outputs) == peak > 0

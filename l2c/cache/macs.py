@@ -171,3 +171,25 @@ def measure_macs(model: nn.Module, call) -> MacProfile:
         attention.append(sum(c[1] for c in costs))
     total_linear, _ = _split_counts(counts["Global"])
     return MacProfile(linear, attention, total_linear - sum(linear), outputs)
+
+
+# ------------------------------------------------------------------------------------------- memory of a plan
+def plan_peak_bytes(plan, sublayer_outputs: list[float], batch: int = 1, element_size: int = 4, calls: int = 1) -> int:
+    """The most bytes of stored outputs, differences and forecast buffers a plan's run holds at once: the engine's
+    own accounting (RunPlan), run on shape-only tensors, so it costs nothing at any model size.
+
+    sublayer_outputs: output elements of each sub-layer for one image (MacProfile.sublayer_outputs); batch: images
+    per model call; calls: model calls per evaluation that keep their own caches (2 with two-call guidance)."""
+    from .hooks import RunPlan
+
+    if len(sublayer_outputs) != plan.num_sublayers:
+        raise ValueError(f"{len(sublayer_outputs)} sub-layer sizes for a plan of {plan.num_sublayers} sub-layers")
+    dtype = {1: torch.int8, 2: torch.float16, 4: torch.float32, 8: torch.float64}[element_size]
+    outputs = [torch.empty(int(n) * batch, dtype=dtype, device="meta") for n in sublayer_outputs]
+    runner = RunPlan(plan)
+    with torch.no_grad():
+        for j in range(plan.num_steps):
+            for slot in range(calls):
+                for index, out in enumerate(outputs):
+                    runner(j, slot, index, lambda out=out: out * 1, (), {})
+    return runner.peak_bytes
