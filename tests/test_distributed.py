@@ -87,3 +87,19 @@ def test_torchrun_router_training_equals_one_process_with_the_whole_batch(tmp_pa
     assert torch.allclose(two.logits, one.logits, atol=1e-4), (two.logits - one.logits).abs().max()
     init = Router(2, 4, one.cache_steps, generator=torch.Generator().manual_seed(0)).logits
     assert (one.logits - init).abs().max() > 0.1  # training moved the router: the agreement is not trivial
+
+
+def test_torchrun_schedule_search_equals_one_process(tmp_path):
+    # The held-out seeds are split across the processes and their errors gathered in image order: every choice of
+    # the search, hence the schedule, is that of one process.
+    common = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--target-macs", "0.5"]
+    common += ["--search-rounds", "1", "--search-images", "5", "--check-images", "3"]
+    _torchrun([*common, "--out", "two.safetensors"], tmp_path)
+    assert main([*common, "--out", str(tmp_path / "one.safetensors")]) == 0
+    two, two_meta = load_router(tmp_path / "two.safetensors")
+    one, one_meta = load_router(tmp_path / "one.safetensors")
+    assert torch.equal(two.logits, one.logits)
+    assert two_meta["actions"] == one_meta["actions"]
+    history = __import__("json").loads((tmp_path / "one" / "schedule_training.json").read_text())["history"]
+    other = __import__("json").loads((tmp_path / "two" / "schedule_training.json").read_text())["history"]
+    assert history["search_errors"] == other["search_errors"] and len(history["search_errors"]) > 0

@@ -74,3 +74,24 @@ def all_true(flag: bool) -> bool:
     failures = torch.tensor([0 if flag else 1], device=device)
     dist.all_reduce(failures)
     return int(failures.item()) == 0
+
+
+def gather_strided(local: torch.Tensor, total: int) -> torch.Tensor:
+    """The (total,) values whose items i = rank, rank + world, ... this process computed (`local`), from every
+    process, in item order: a sum over them is then the same sum, in the same order, as in one process."""
+    world = world_size()
+    if world == 1:
+        return local
+    counts = [len(range(r, total, world)) for r in range(world)]
+    parts = [torch.empty(n, dtype=local.dtype, device=local.device) for n in counts]
+    padded = max(counts)
+    # all_gather needs equal sizes: pad to the longest share, then drop the padding.
+    buffers = [torch.zeros(padded, dtype=local.dtype, device=local.device) for _ in range(world)]
+    mine = torch.zeros(padded, dtype=local.dtype, device=local.device)
+    mine[: len(local)] = local
+    dist.all_gather(buffers, mine)
+    out = torch.empty(total, dtype=local.dtype, device=local.device)
+    for r, (buffer, n) in enumerate(zip(buffers, counts)):
+        parts[r] = buffer[:n]
+        out[r::world] = parts[r]
+    return out
