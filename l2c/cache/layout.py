@@ -319,3 +319,42 @@ def sublayer_names(model: nn.Module) -> list[str]:
 
 def sublayer_kinds(model: nn.Module) -> list[str]:
     return [s.kind for s in describe(model)]
+
+
+def sublayer_blocks(model: nn.Module) -> list[int]:
+    """Each sub-layer's block index (plan order; DiT / U-ViT: [0, 0, 1, 1, ...], FLUX: 3 per double block, then 1)."""
+    return [s.block for s in describe(model)]
+
+
+def group_by_block(blocks: list[int]) -> list[list[int]]:
+    """The sub-layer indices of each block, in block order, from each sub-layer's block index (`sublayer_blocks`)."""
+    groups: dict[int, list[int]] = {}
+    for index, block in enumerate(blocks):
+        groups.setdefault(block, []).append(index)
+    return [groups[b] for b in sorted(groups)]
+
+
+def pairs(num_sublayers: int) -> list[int]:
+    """The block index of each sub-layer in our DiT / U-ViT order (attention, MLP per block): [0, 0, 1, 1, ...].
+    For plans and routers made without a model at hand; anything with a model reads `sublayer_blocks(model)`."""
+    if num_sublayers % 2:
+        raise ValueError(
+            f"{num_sublayers} sub-layers are not (attention, MLP) pairs: pass the model's layout "
+            "(l2c.cache.layout.describe) for its blocks and kinds"
+        )
+    return [i // 2 for i in range(num_sublayers)]
+
+
+def pair_kinds(num_sublayers: int) -> list[str]:
+    """The kinds in our DiT / U-ViT order, (self_attn, mlp) per block; see `pairs`."""
+    return ["self_attn", "mlp"] * len(group_by_block(pairs(num_sublayers)))
+
+
+def describe_preset(preset: str, **overrides) -> list[Sublayer]:
+    """`describe` of a model preset (l2c.models.MODELS), built on the meta device: no weights, no memory."""
+    import torch
+
+    from ..models import create_model
+
+    with torch.device("meta"):
+        return describe(create_model(preset, **overrides))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .layout import ATTENTION_KINDS, pair_kinds
+
 COMPUTE, REUSE, FORECAST1, FORECAST2, DROP = 0, 1, 2, 3, 4
 ACTION_NAMES = ("compute", "reuse", "forecast1", "forecast2", "drop")
 FORECAST_FORMS = ("newton", "taylorseer")
@@ -180,14 +182,28 @@ class CachePlan:
     def action_counts(self) -> dict:
         return {name: int((self.actions == code).sum()) for code, name in enumerate(ACTION_NAMES)}
 
-    def summary(self, steps: list[int] | None = None) -> dict:
-        """Executed counts over `steps` (default: all), with the attention / MLP split."""
+    def summary(self, steps: list[int] | None = None, kinds: list[str] | None = None) -> dict:
+        """Executed and total sub-layer counts over `steps` (default: all).
+
+        kinds: each sub-layer's kind (l2c.cache.layout.sublayer_kinds); adds executed_attn / total_attn over the
+        attention kinds, executed_other / total_other over the rest, and executed_<kind> / total_<kind> per kind
+        present. Without kinds the plan is read in our DiT / U-ViT order (attention, MLP per block): executed_attn /
+        executed_mlp and their totals, or no split where the sub-layer count is odd.
+        """
         c = self.compute if steps is None else self.compute[steps]
-        return {
-            "executed": int(c.sum()),
-            "total": int(c.numel()),
-            "executed_attn": int(c[:, 0::2].sum()),
-            "executed_mlp": int(c[:, 1::2].sum()),
-            "total_attn": int(c[:, 0::2].numel()),
-            "total_mlp": int(c[:, 1::2].numel()),
-        }
+        out = {"executed": int(c.sum()), "total": int(c.numel())}
+        if kinds is None:
+            if self.num_sublayers % 2:
+                return out
+            kinds = pair_kinds(self.num_sublayers)
+            groups = {"attn": [k in ATTENTION_KINDS for k in kinds], "mlp": [k == "mlp" for k in kinds]}
+        else:
+            if len(kinds) != self.num_sublayers:
+                raise ValueError(f"{len(kinds)} kinds for a plan of {self.num_sublayers} sub-layers")
+            attention = [k in ATTENTION_KINDS for k in kinds]
+            groups = {"attn": attention, "other": [not a for a in attention]}
+            groups.update({kind: [k == kind for k in kinds] for kind in dict.fromkeys(kinds)})
+        for name, mask in groups.items():
+            cols = c[:, torch.tensor(mask, dtype=torch.bool)]
+            out[f"executed_{name}"], out[f"total_{name}"] = int(cols.sum()), int(cols.numel())
+        return out

@@ -44,7 +44,7 @@ def run(args) -> int:
         return run_sweep_command(args)
     if args.router is None:
         raise ValueError("--router is required (without --sweep)")
-    from ..cache.layout import sublayers
+    from ..cache.layout import sublayer_kinds, sublayers
     from ..cache.macs import profile_macs
     from ..jobs.compare import run_comparison, standard_methods, write_report
     from ..jobs.generate import generate
@@ -90,6 +90,7 @@ def run(args) -> int:
         tuple(args.fora),
         tuple(args.fewer_steps),
         args.seed,
+        sublayer_kinds(model),
     )
     quality = None
     if mnist_shaped:

@@ -97,7 +97,7 @@ def _memo(fn):
 
 def build_context(args, model, spec, meta, config):
     from ..cache.first_block import block_linear_macs
-    from ..cache.layout import sublayers
+    from ..cache.layout import describe
     from ..cache.macs import profile_macs
     from ..cache.plan import cache_steps_for
     from ..methods import SweepContext
@@ -106,17 +106,20 @@ def build_context(args, model, spec, meta, config):
     evaluations = sampler.num_evaluations
     router = load_router_for(args, model, config)[0] if args.router else None
     out = Path(args.out)
+    layout = describe(model)
     ctx = SweepContext(
         sampler=config.sampler,
         steps=config.steps,
         evaluations=evaluations,
-        num_sublayers=len(sublayers(model)),
+        num_sublayers=len(layout),
         cache_steps=cache_steps_for(sampler.cache_schedule, evaluations),
         macs=profile_macs(meta["preset"]),
         router=router,
         lambda_routers=_router_files(args.lambda_routers, model, config),
         schedule_routers=_router_files(args.schedule_routers, model, config),
         block_macs=_memo(lambda: block_linear_macs(meta["preset"])),
+        kinds=[s.kind for s in layout],
+        blocks=[s.block for s in layout],
     )
     if _data(args, model) != "none":
         ctx.errors = _cached(out / "calibration-errors.pt", lambda: _errors(args, model, spec, meta, config, ctx))

@@ -69,6 +69,7 @@ def run_import(args) -> int:
 
 
 def run_show(args) -> int:
+    from ..cache.layout import describe_preset
     from ..cache.macs import profile_macs
     from ..router.files import load_router
     from ..router.report import format_table, plot_router, router_summary
@@ -76,18 +77,18 @@ def run_show(args) -> int:
     model = preset_name(args.model) if args.model else None  # before any work
     router, meta = load_router(args.router)
     threshold = args.threshold if args.threshold is not None else meta.get("threshold", 0.5)
-    macs = None
+    macs = layout = None
     if model:
-        macs = profile_macs(model)
+        macs, layout = profile_macs(model), describe_preset(model)
         if len(macs.sublayer_linear) != router.num_sublayers:
             raise ValueError(
                 f"router has {router.num_sublayers} sub-layers per step, {model} has {len(macs.sublayer_linear)}"
             )
     from ..router.budget import router_plan
 
-    summary = router_summary(router, threshold, macs, router_plan(router, meta, threshold))
+    summary = router_summary(router, threshold, macs, router_plan(router, meta, threshold), layout)
     if args.png:
-        plot_router(router, threshold, args.png, title=Path(args.router).name)
+        plot_router(router, threshold, args.png, title=Path(args.router).name, layout=layout)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -56,12 +56,14 @@ def standard_methods(
     fora: tuple[int, ...] = (2, 3),
     fewer_steps: tuple[int, ...] = (),
     seed: int = 0,
+    kinds: list[str] | None = None,
 ) -> list[Method]:
     """Uncached, L2C at θ, fewer steps at equal MACs, the manual selections at the router's budget, SmoothCache at
     the α closest to that budget, and FORA.
 
     errors: (cache steps, L) single-layer caching errors (l2c.training.train_router.caching_errors), for the
-    smallest-error selection; changes: SmoothCache's calibration (l2c.cache.smoothcache.calibrate_changes).
+    smallest-error selection; changes: SmoothCache's calibration (l2c.cache.smoothcache.calibrate_changes);
+    kinds: each sub-layer's kind (l2c.cache.layout.sublayer_kinds), for SmoothCache; None: our DiT / U-ViT order.
     """
     plan = router.to_plan(threshold)
     n, layers, cache_steps = router.num_steps, router.num_sublayers, router.cache_steps
@@ -82,8 +84,9 @@ def standard_methods(
     if errors is not None:
         methods.append(Method("smallest single-layer error", steps, error_plan(n, cache_steps, errors, reuse)))
     if changes is not None:
-        alpha = alpha_for_budget(changes, layers, reuse)
-        methods.append(Method(f"SmoothCache (α = {alpha:.3g})", steps, smoothcache_plan(changes, layers, alpha)))
+        kinds = layers if kinds is None else kinds
+        alpha = alpha_for_budget(changes, kinds, reuse)
+        methods.append(Method(f"SmoothCache (α = {alpha:.3g})", steps, smoothcache_plan(changes, kinds, alpha)))
     methods += [Method(f"FORA, interval {k}", steps, fora_plan(n, layers, k)) for k in sorted(set(fora))]
     return methods
 

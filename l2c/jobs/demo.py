@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache.layout import describe
 from ..cache.macs import profile_macs
 from ..cache.plan import CachePlan
 from ..metrics.bootstrap import psnr_with_ci
@@ -115,6 +116,7 @@ def _train_router(model, spec, meta, sampler, model_name, iterations, target_rem
         router_meta["threshold"],
         out / "router.png",
         title=f"{model_name} {sampler}-20, λ = {router_meta['lambda']:.3g}",
+        layout=describe(model),
     )
     print(f"      router trained in {time.time() - t0:.0f} s")
     return router, router_meta["threshold"]
@@ -134,7 +136,7 @@ def _rows(model, meta, router, threshold, arms, samples, classes, timing):
     macs = profile_macs(meta["preset"])
     cached = arms["L2C cached"]
     full = CachePlan.full(cached.num_steps, cached.num_sublayers)
-    summary = router_summary(router, threshold, macs)
+    summary = router_summary(router, threshold, macs, layout=describe(model))
     rows = []
     for name, plan in arms.items():
         plan = full if plan is None else plan

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..cache.layout import group_by_block
 from ..methods import Point, SweepContext, plan_macs
 from ..metrics.bootstrap import psnr_with_ci
 from ..sampling.diffusion import DiffusionSpec
@@ -87,9 +88,9 @@ def _runtime_cost(run: SweepRun, point: Point) -> dict:
     blocks = run.ctx.block_macs()
     full_macs = run.ctx.macs.full("paper")
     partial_macs = full_macs - sum(blocks[1:])
-    L = run.ctx.num_sublayers
+    L, first = run.ctx.num_sublayers, len(group_by_block(run.ctx.sublayer_blocks)[0])
     return {
-        "executed": (full * L + partial * 2) / per_run,  # a first-block-only call runs the first block's two
+        "executed": (full * L + partial * first) / per_run,  # a first-block-only call runs block 0 only
         "total": point.steps * L,
         "macs_per_image": (full * full_macs + partial * partial_macs) / per_run,
         "full_evaluations": full / per_run,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..cache.layout import sublayers
+from ..cache.layout import describe, sublayers
 from ..cache.plan import cache_steps_for
 from ..data.prepared import ArrayDataset
 from ..data.sources import open_training_data
@@ -171,9 +171,12 @@ def train_router_job(
     if meta.get("path"):
         router_meta["checkpoint_sha256"] = _sha256(meta["path"])
     save_router(router, out, router_meta)
-    plot_router(router, threshold, work / "router.png", title=f"{meta.get('preset')} {job.sampler}-{job.steps}")
+    layout = describe(model)
+    plot_router(
+        router, threshold, work / "router.png", title=f"{meta.get('preset')} {job.sampler}-{job.steps}", layout=layout
+    )
     plot_training_history(history, work / "router_loss.png")
-    summary = router_summary(router, threshold)
+    summary = router_summary(router, threshold, layout=layout)
     print(
         f"wrote {out} (executed {summary['executed']}/{summary['total']} sub-layers in cache steps at θ = "
         f"{threshold}); heat-map {work / 'router.png'}, loss curve {work / 'router_loss.png'}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache.layout import describe, group_by_block, sublayer_blocks
 from ..cache.macs import MacProfile
 from ..cache.plan import ACTION_NAMES, COMPUTE, CachePlan
 from ..models import architecture_of
@@ -93,6 +94,7 @@ def train_schedule_job(
         clip = PIXEL_RANGE if config.error_on == "images" and not is_latent(meta) else None
         every = -(-sampler.num_steps // config.search_snapshots) if config.search_snapshots else 0
         error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every)
+        blocks = group_by_block(sublayer_blocks(model))  # the sub-layers a block move shifts together
         check = None
         if config.check_images:
             check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, CHECK_SEED, clip, every)
@@ -104,7 +106,7 @@ def train_schedule_job(
             skipped = ACTION_NAMES.index(config.action)
             interval = rows_actions(E, L, slice(None, None, near[0]), config.action)
             trimmed, trimmed_error = trim_to_budget(
-                interval, error, macs, config.target_macs, skipped, config.form, max_skip, progress
+                interval, error, macs, config.target_macs, skipped, config.form, max_skip, progress, blocks
             )
             starts[f"interval {near[0]} trimmed"] = (trimmed, trimmed_error)
         elif under is not None:
@@ -126,10 +128,14 @@ def train_schedule_job(
             )
             start, start_error = (other, other_error) if other_error < spread_error else (start, spread_error)
             grown_start = stopped is not None and other_error < spread_error
-        actions, trace = refine(start, error, config.form, config.search_rounds, max_skip, progress, check, start_error)
+        actions, trace = refine(
+            start, error, config.form, config.search_rounds, max_skip, progress, check, start_error, blocks
+        )
         fill = None
         if config.fill_budget == "blocks":
-            actions, filled = fill_budget(actions, error, macs, config.target_macs, config.form, max_skip, progress)
+            actions, filled = fill_budget(
+                actions, error, macs, config.target_macs, config.form, max_skip, progress, blocks
+            )
             history.update(blocks_filled=filled)
         elif config.fill_budget == "evaluation" and _fraction(actions, config, macs) < 0.98 * config.target_macs:
             actions, fill = fill_within_evaluation(
@@ -193,7 +199,8 @@ def train_schedule_job(
     work = out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"meta": router_meta, "history": history}, work / "schedule_training.json")
-    plot_router(router, theta, work / "schedule.png", title=f"{meta.get('preset')} {sampler.name}, MACs {met:.3f}")
+    title = f"{meta.get('preset')} {sampler.name}, MACs {met:.3f}"
+    plot_router(router, theta, work / "schedule.png", title=title, layout=describe(model))
     print(
         f"wrote {out}: {plan.action_counts()} over {plan.num_steps} evaluations; MACs {met:.3f} of uncached "
         f"(target {config.target_macs:.3f}, {1 / met:.2f}x fewer) at θ = {theta:.4g}"

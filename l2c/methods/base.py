@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..cache.layout import group_by_block, pair_kinds, pairs
 from ..cache.macs import MacProfile
 from ..cache.plan import CachePlan
 from ..router.router import Router
@@ -25,7 +26,7 @@ class SweepContext:
     sampler: str  # the sampler under study (the reference runs it uncached at `steps`)
     steps: int  # its steps (NFE for DPM-Solver)
     evaluations: int  # model evaluations of the reference run
-    num_sublayers: int  # L = 2 · blocks
+    num_sublayers: int  # L, the model's cacheable sub-layers (l2c.cache.layout.describe)
     cache_steps: list[int]  # the paper's cache steps for this sampler (alternate / shifted)
     macs: MacProfile
     router: Router | None = None  # L2C θ sweep and Learning-to-Drop
@@ -34,10 +35,27 @@ class SweepContext:
     errors: Callable[[], torch.Tensor] | None = None  # () -> (cache steps, L) single-layer caching errors
     changes: Callable[[], torch.Tensor] | None = None  # () -> SmoothCache calibration (2, S, S)
     block_macs: Callable[[], list[float]] | None = None  # () -> Linear MACs of each block (first-block caching)
+    kinds: list[str] | None = None  # (L,) each sub-layer's kind; None: our DiT / U-ViT order (attention, MLP)
+    blocks: list[int] | None = None  # (L,) each sub-layer's block index; None: ditto, two per block
+
+    def __post_init__(self):
+        for name in ("kinds", "blocks"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.num_sublayers:
+                raise ValueError(f"{len(value)} {name} for {self.num_sublayers} sub-layers")
+
+    @property
+    def sublayer_kinds(self) -> list[str]:
+        return pair_kinds(self.num_sublayers) if self.kinds is None else self.kinds
+
+    @property
+    def sublayer_blocks(self) -> list[int]:
+        return pairs(self.num_sublayers) if self.blocks is None else self.blocks
 
     @property
     def depth(self) -> int:
-        return self.num_sublayers // 2
+        """Blocks with at least one cacheable sub-layer."""
+        return len(group_by_block(self.sublayer_blocks))
 
 
 @dataclass

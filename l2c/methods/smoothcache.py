@@ -15,11 +15,11 @@ SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 def _defaults(ctx: SweepContext) -> list[float]:
     total = ctx.evaluations * ctx.num_sublayers
     changes = ctx.changes()
-    return sorted({round(alpha_for_budget(changes, ctx.num_sublayers, round(s * total)), 6) for s in SHARES})
+    return sorted({round(alpha_for_budget(changes, ctx.sublayer_kinds, round(s * total)), 6) for s in SHARES})
 
 
 def _point(ctx: SweepContext, alpha: float) -> Point:
-    plan = smoothcache_plan(ctx.changes(), ctx.num_sublayers, alpha)
+    plan = smoothcache_plan(ctx.changes(), ctx.sublayer_kinds, alpha)
     return Point("smoothcache", f"SmoothCache, α = {alpha:.3g}", "α", alpha, ctx.sampler, ctx.steps, plan)
 
 

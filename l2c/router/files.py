@@ -148,8 +148,8 @@ def check_router_fits(router: Router, meta: dict, num_sublayers: int, sampler: s
     """Reject a router made for another model size or sampling run, naming what would fit."""
     if router.num_sublayers != num_sublayers:
         raise ValueError(
-            f"the router has {router.num_sublayers} scores per step but this model has {num_sublayers} sub-layers "
-            f"({num_sublayers // 2} blocks): it was made for {meta.get('model', 'another model')}"
+            f"the router has {router.num_sublayers} scores per step but this model has {num_sublayers} cacheable "
+            f"sub-layers: it was made for {meta.get('model', 'another model')}"
         )
     if router.num_steps != num_evaluations:
         raise ValueError(

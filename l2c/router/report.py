@@ -4,28 +4,43 @@ from __future__ import annotations
 
 import torch
 
+from ..cache.layout import ATTENTION_KINDS, Sublayer, pair_kinds, pairs
 from ..cache.macs import MacProfile
 from ..cache.plan import CachePlan
 from ..utils.io import atomic_output
 from .router import Router
 
+KIND_TITLES = {
+    "self_attn": "attention",
+    "joint_attn": "joint attention",
+    "cross_attn": "cross-attention",
+    "mlp": "MLP",
+    "mlp_context": "context MLP",
+    "fused": "fused attention + MLP",
+}
+
 
 def router_summary(
-    router: Router, threshold: float, macs: MacProfile | None = None, plan: CachePlan | None = None
+    router: Router,
+    threshold: float,
+    macs: MacProfile | None = None,
+    plan: CachePlan | None = None,
+    layout: list[Sublayer] | None = None,
 ) -> dict:
-    """Executed counts over the router's cache steps (the paper's "active layers"), per step, the actions of the
-    whole run, and MACs per image. `plan`: the router's plan when it is not the paper's alternation at θ (a
-    schedule router, l2c.router.budget.router_plan)."""
+    """Executed counts over the router's cache steps (the paper's "active layers"), per step and per sub-layer kind,
+    the actions of the whole run, and MACs per image. `plan`: the router's plan when it is not the paper's
+    alternation at θ (a schedule router, l2c.router.budget.router_plan). `layout`: the model's sub-layers
+    (l2c.cache.layout.describe); without it the router is read in our DiT / U-ViT order (CachePlan.summary)."""
     plan = router.to_plan(threshold) if plan is None else plan
-    summary = plan.summary(router.cache_steps)
+    kinds = _kinds(layout, plan.num_sublayers)
+    summary = plan.summary(router.cache_steps, None if layout is None else kinds)
     per_step_all = plan.executed_per_step()
     summary.update(
         threshold=threshold,
         num_steps=router.num_steps,
         cache_steps=router.cache_steps,
         per_step=[per_step_all[s] for s in router.cache_steps],
-        per_step_attn=plan.compute[router.cache_steps, 0::2].sum(1).tolist(),
-        per_step_mlp=plan.compute[router.cache_steps, 1::2].sum(1).tolist(),
+        **_per_step_groups(plan, router.cache_steps, kinds),
         per_step_all=per_step_all,
         executed_all=int(plan.compute.sum()),
         total_all=int(plan.compute.numel()),
@@ -37,6 +52,28 @@ def router_summary(
     if macs is not None:
         summary.update(plan_macs(plan, macs))
     return summary
+
+
+def _kinds(layout: list[Sublayer] | None, num_sublayers: int) -> list[str] | None:
+    if layout is not None:
+        if len(layout) != num_sublayers:
+            raise ValueError(f"the plan has {num_sublayers} sub-layers per step, the model's layout {len(layout)}")
+        return [s.kind for s in layout]
+    return None if num_sublayers % 2 else pair_kinds(num_sublayers)
+
+
+def _per_step_groups(plan: CachePlan, steps: list[int], kinds: list[str] | None) -> dict:
+    """Executed sub-layers per cache step: per_step_attn (attention kinds), per_step_<kind> for each attention kind
+    where there are several, then per_step_<kind> for each other kind."""
+    if kinds is None:
+        return {}
+    present = list(dict.fromkeys(kinds))
+    attention = [k for k in present if k in ATTENTION_KINDS]
+    groups = {"attn": [k in ATTENTION_KINDS for k in kinds]}
+    for kind in (attention if len(attention) > 1 else []) + [k for k in present if k not in ATTENTION_KINDS]:
+        groups[kind] = [k == kind for k in kinds]
+    rows = plan.compute[steps]
+    return {f"per_step_{name}": rows[:, torch.tensor(m)].sum(1).tolist() for name, m in groups.items()}
 
 
 MACS_CONVENTION = (
@@ -62,16 +99,24 @@ def plan_macs(plan: CachePlan, macs: MacProfile) -> dict:
 
 
 def format_table(summary: dict) -> str:
-    """Per cache step (sampling order): executed sub-layers, attention / MLP split; then totals and MACs."""
-    lines = [f"{'step':>5} {'executed':>9} {'attn':>5} {'mlp':>5}"]
-    for row in zip(summary["cache_steps"], summary["per_step"], summary["per_step_attn"], summary["per_step_mlp"]):
-        lines.append("{:>5} {:>9} {:>5} {:>5}".format(*row))
+    """Per cache step (sampling order): executed sub-layers, split by kind (attention, then each other kind); then
+    totals and MACs."""
+    columns = [k[len("per_step_") :] for k in summary if k.startswith("per_step_") and k != "per_step_all"]
+    widths = [max(5, len(c)) for c in columns]
+    lines = [" ".join([f"{'step':>5} {'executed':>9}"] + [f"{c:>{w}}" for c, w in zip(columns, widths)])]
+    for i, (step, executed) in enumerate(zip(summary["cache_steps"], summary["per_step"])):
+        cells = [f"{summary['per_step_' + c][i]:>{w}}" for c, w in zip(columns, widths)]
+        lines.append(" ".join([f"{step:>5} {executed:>9}"] + cells))
     steps = len(summary["cache_steps"])
+    split = ", ".join(
+        f"{'attention' if c == 'attn' else KIND_TITLES.get(c, c)} {summary[f'executed_{c}']}/{summary[f'total_{c}']}"
+        for c in columns
+        if f"executed_{c}" in summary
+    )
     lines.append(
         f"{steps} cache steps x {summary['total'] // max(steps, 1)} sub-layers: executed "
-        f"{summary['executed']}/{summary['total']} (attention {summary['executed_attn']}/{summary['total_attn']}, "
-        f"MLP {summary['executed_mlp']}/{summary['total_mlp']}); removed {100 * summary['removed_ratio']:.2f}% "
-        f"at θ = {summary['threshold']}"
+        f"{summary['executed']}/{summary['total']}{f' ({split})' if split else ''}; "
+        f"removed {100 * summary['removed_ratio']:.2f}% at θ = {summary['threshold']}"
     )
     counts = ", ".join(f"{name} {n}" for name, n in summary["actions"].items() if n)
     form = f"; forecasts in {summary['forecast_form']} form" if summary.get("forecast_form") else ""
@@ -85,8 +130,28 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_router(router: Router, threshold: float, path, title: str = "") -> None:
-    """Heat-map of sigmoid scores (cache steps x blocks), attention and MLP side by side; dots = executed."""
+def heatmap_panels(num_sublayers: int, layout: list[Sublayer] | None = None) -> list[tuple[str, list[int], list[int]]]:
+    """The heat-map's panels: (title, sub-layer columns, their block indices), one panel per sub-layer kind in order
+    of first appearance. Without `layout` (l2c.cache.layout.describe) our DiT / U-ViT order is assumed, or, for an
+    odd count, one panel of all sub-layers."""
+    if layout is None:
+        if num_sublayers % 2:
+            return [("sub-layers", list(range(num_sublayers)), list(range(num_sublayers)))]
+        kinds, blocks = pair_kinds(num_sublayers), pairs(num_sublayers)
+    else:
+        if len(layout) != num_sublayers:
+            raise ValueError(f"the router has {num_sublayers} sub-layers per step, the model's layout {len(layout)}")
+        kinds, blocks = [s.kind for s in layout], [s.block for s in layout]
+    panels = []
+    for kind in dict.fromkeys(kinds):
+        cols = [i for i, k in enumerate(kinds) if k == kind]
+        panels.append((KIND_TITLES.get(kind, kind), cols, [blocks[i] for i in cols]))
+    return panels
+
+
+def plot_router(router: Router, threshold: float, path, title: str = "", layout: list[Sublayer] | None = None) -> None:
+    """Heat-map of sigmoid scores (cache steps x blocks), one panel per sub-layer kind (`heatmap_panels`; DiT:
+    attention and MLP side by side); columns are labelled by block index; dots = executed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,13 +159,25 @@ def plot_router(router: Router, threshold: float, path, title: str = "") -> None
 
     steps = router.cache_steps
     scores = torch.sigmoid(router.logits.detach()[steps]).numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * len(steps) + 2), sharey=True)
-    for ax, branch, name in zip(axes, (0, 1), ("attention", "MLP")):
-        s = scores[:, branch::2]
+    panels = heatmap_panels(router.num_sublayers, layout)
+    widths = [max(len(cols), 4) for _, cols, _ in panels]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(10, 0.15 * sum(widths) + 2), 0.3 * len(steps) + 2),
+        sharey=True,
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
+    axes = axes[0]
+    for ax, (name, cols, blocks) in zip(axes, panels):
+        s = scores[:, cols]
         im = ax.imshow(s, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
         ys, xs = (s > threshold).nonzero()
         ax.scatter(xs, ys, s=6, c="white", marker="o", linewidths=0)
         ax.set(title=f"{name} (dot = executed, θ = {threshold})", xlabel="block")
+        ticks = range(0, len(cols), max(1, len(cols) // 12))
+        ax.set_xticks(list(ticks), [str(blocks[i]) for i in ticks])
         ax.set_yticks(range(len(steps)), [str(x) for x in steps])
     axes[0].set_ylabel("cache step (sampling order)")
     fig.colorbar(im, ax=axes, fraction=0.02, label="sigmoid(router logit)")

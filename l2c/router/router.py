@@ -27,7 +27,7 @@ class StraightThroughThreshold(torch.autograd.Function):
 
 
 class Router(nn.Module):
-    """logits: (S, L) — S model evaluations in sampling order, L = 2 * blocks sub-layers in router order."""
+    """logits: (S, L) — S model evaluations in sampling order, L sub-layers in router order (layout.describe)."""
 
     def __init__(self, num_steps: int, num_sublayers: int, cache_steps: list[int], generator=None):
         super().__init__()

@@ -30,6 +30,7 @@ import torch
 
 from ..cache.engine import CacheEngine
 from ..cache.hooks import plan_rows
+from ..cache.layout import group_by_block, pairs
 from ..cache.macs import MacProfile
 from ..cache.plan import COMPUTE, FORECAST1, FORECAST2, REUSE, CachePlan
 from ..sampling import StackedRandomGenerator
@@ -161,10 +162,13 @@ def refine(
     progress: bool = True,
     check: TrajectoryError | None = None,
     start_error: float | None = None,
+    blocks: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, SearchTrace]:
     """Improve an (E, L) action table by budget-neutral moves; returns it and the errors after each kept move.
     A move is kept when it lowers `error` and, given `check` (other held-out noise), lowers that too. Moves that break
-    the skip cap are not tried. `start_error`: `error` of the start, when the caller has measured it already."""
+    the skip cap are not tried. `start_error`: `error` of the start, when the caller has measured it already.
+    `blocks`: the sub-layer indices of each block (l2c.cache.layout.group_by_block of the model's sub-layer blocks;
+    default: our DiT / U-ViT order, two per block)."""
     actions = actions.clone()
     trace = SearchTrace()
     if not bool((actions != COMPUTE).any()):
@@ -179,7 +183,7 @@ def refine(
         trace.checks.append(best_check)
     for _ in range(rounds):
         improved = False
-        for candidate in progress_bar(list(_moves(actions)), desc="schedule search", disable=not progress):
+        for candidate in progress_bar(list(_moves(actions, blocks)), desc="schedule search", disable=not progress):
             try:
                 plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)
             except ValueError:  # over the cap
@@ -212,23 +216,23 @@ def trim_to_budget(
     form: str = "newton",
     max_skip: int | None = None,
     progress: bool = True,
+    blocks: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Remove block computations (a block's attention and MLP at one evaluation after the first) one at a time, each
+    """Remove block computations (all sub-layers of a block at one evaluation after the first) one at a time, each
     time the one whose removal raises the error least, until the plan costs at most `target` of the uncached MACs;
     returns the trimmed table and its error. Removed cells do `skipped`. A start for budgets just under a TaylorSeer
     interval: on dit-mnist DDIM-20 the even spread of 9 evaluations at 0.50 lost 5 dB to every other evaluation at
-    0.51."""
+    0.51. `blocks`: the sub-layer indices of each block (as for `refine`)."""
     actions, value = actions.clone(), None
     E, L = actions.shape
+    blocks = group_by_block(pairs(L)) if blocks is None else blocks
     while macs.fraction(CachePlan.from_actions(actions, form=form)) > target:
         _resume_from(error, CachePlan.from_actions(actions, form=form, max_skip=max_skip))
         best, best_value = None, float("inf")
-        cells = [
-            (j, b) for j in range(1, E) for b in range(L // 2) if bool((actions[j, 2 * b : 2 * b + 2] == COMPUTE).all())
-        ]
-        for j, block in progress_bar(cells, desc="trimming to the budget", disable=not progress):
+        cells = [(j, cols) for j in range(1, E) for cols in blocks if bool((actions[j, cols] == COMPUTE).all())]
+        for j, cols in progress_bar(cells, desc="trimming to the budget", disable=not progress):
             candidate = actions.clone()
-            candidate[j, 2 * block : 2 * block + 2] = skipped
+            candidate[j, cols] = skipped
             try:
                 value = error(CachePlan.from_actions(candidate, form=form, max_skip=max_skip))
             except ValueError:  # over the skip cap
@@ -294,23 +298,26 @@ def fill_budget(
     form: str = "newton",
     max_skip: int | None = None,
     progress: bool = True,
+    blocks: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Spend what a plan leaves of its budget: add block computations (a block's attention and MLP at one evaluation)
+    """Spend what a plan leaves of its budget: add block computations (all sub-layers of a block at one evaluation)
     one at a time, each time the one with the lowest error, whether or not it lowers the error, until none fits within
     `target`; returns the table and the (evaluation, block) cells added in order. The mirror of trim_to_budget, for
     a user who asks for the budget spent (train-router --fill-budget): growth by whole evaluations stops up to one
     evaluation short of it (0.02 of the MACs at 50 evaluations), and by default that rest stays unspent: at
     dit-mnist DDIM-50 4x, single cells added by score to fill the budget cost speed and bought nothing measurable
-    (docs/benchmarks.md). Costs a pass over the cells per block added."""
+    (docs/benchmarks.md). Costs a pass over the cells per block added. `blocks`: the sub-layer indices of each block
+    (as for `refine`); the cells added name blocks by their position in it."""
     actions, added = actions.clone(), []
     E, L = actions.shape
+    blocks = group_by_block(pairs(L)) if blocks is None else blocks
     while True:
         _resume_from(error, CachePlan.from_actions(actions, form=form, max_skip=max_skip))
         cells = [
-            ((j, b), (j, slice(2 * b, 2 * b + 2)))
+            ((j, b), (j, cols))
             for j in range(1, E)
-            for b in range(L // 2)
-            if not bool((actions[j, 2 * b : 2 * b + 2] == COMPUTE).all())
+            for b, cols in enumerate(blocks)
+            if not bool((actions[j, cols] == COMPUTE).all())
         ]
         found = _best_addition(actions, cells, error, macs, target, form, max_skip, "filling the budget", progress)
         if found is None:
@@ -411,10 +418,12 @@ def _resume_from(error, plan: CachePlan) -> None:
 _LOWER = {FORECAST2: (FORECAST1, REUSE), FORECAST1: (REUSE,), REUSE: ()}
 
 
-def _moves(actions: torch.Tensor):
+def _moves(actions: torch.Tensor, blocks: list[list[int]] | None = None):
     """Budget-neutral neighbours: shift a fully computed evaluation by ±1, or one block's computation elsewhere; and
-    lower one sub-layer's action where it is not computed."""
+    lower one sub-layer's action where it is not computed. `blocks`: the sub-layer indices of each block (as for
+    `refine`)."""
     E, L = actions.shape
+    blocks = group_by_block(pairs(L)) if blocks is None else blocks
     computed = actions == COMPUTE
     # each sub-layer's action where it is not computed (one per column; a column computed throughout keeps none)
     skip_action = [next((int(a) for a in actions[:, l].tolist() if a != COMPUTE), None) for l in range(L)]
@@ -428,8 +437,7 @@ def _moves(actions: torch.Tensor):
                 moved[j], moved[k] = skip_row, COMPUTE
                 yield moved
     for j in full:
-        for block in range(L // 2):
-            cols = [2 * block, 2 * block + 1]
+        for cols in blocks:
             for k in (j - 1, j + 1):
                 if 0 < k < E and not bool(computed[k, cols].any()):
                     moved = actions.clone()
