@@ -85,9 +85,10 @@ def _names(entries: list[str]) -> str:
 def claimed(folders: list[Path], command: str):
     """Mark each folder as `command`'s for the run; if the run fails having written nothing there, undo the mark
     (and the folders it made)."""
-    claims = [_claim(Path(f), command) for f in folders]
-    ok = False
+    claims, ok = [], False
     try:
+        for folder in folders:
+            claims.append(_claim(Path(folder), command))
         yield
         ok = True
     finally:
