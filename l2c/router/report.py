@@ -175,14 +175,13 @@ def plot_router(router: Router, threshold: float, path, title: str = "", layout:
         im = ax.imshow(s, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
         ys, xs = (s > threshold).nonzero()
         ax.scatter(xs, ys, s=6, c="white", marker="o", linewidths=0)
-        ax.set(title=f"{name} (dot = executed, θ = {threshold})", xlabel="block")
+        ax.set(title=name, xlabel="block")
         ticks = range(0, len(cols), max(1, len(cols) // 12))
         ax.set_xticks(list(ticks), [str(blocks[i]) for i in ticks])
         ax.set_yticks(range(len(steps)), [str(x) for x in steps])
     axes[0].set_ylabel("cache step (sampling order)")
     fig.colorbar(im, ax=axes, fraction=0.02, label="sigmoid(router logit)")
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(f"{title + ': ' if title else ''}dot = executed at θ = {threshold}", y=1.04)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
