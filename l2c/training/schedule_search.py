@@ -8,8 +8,8 @@ engine, and its final images are compared with the uncached images of the same n
 the model without a cache). Moves keep the MACs unchanged:
 
 * step moves: shift one computed evaluation (all sub-layers of it) to a neighbouring evaluation;
-* block moves: shift one block's computation (its attention and MLP together) from one computed evaluation to
-  another evaluation that does not compute it;
+* block moves: shift one block's computation from one computed evaluation to
+  another evaluation that does not compute it (all of the block's sub-layers together);
 * action moves: what one sub-layer does where it is not computed, lowered one way (second-order forecast -> first
   order -> reuse): the per-sub-layer choice between forecasting and reuse. A lower order costs fewer element-wise
   MACs, so these moves never exceed the budget.
@@ -23,127 +23,15 @@ PSNR (docs/benchmarks.md). The result is budget-exact by construction (MACs equa
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 
-from ..cache.engine import CacheEngine
-from ..cache.hooks import plan_rows
 from ..cache.layout import group_by_block, pairs
 from ..cache.macs import MacProfile
 from ..cache.plan import COMPUTE, FORECAST1, FORECAST2, REUSE, CachePlan
-from ..sampling import StackedRandomGenerator
-from ..sampling.guidance import guided_denoiser
-from ..sampling.samplers import Sampler
 from ..utils.progress import progress_bar
-
-
-class TrajectoryError:
-    """Mean over images of log(MSE) of a plan's final samples against the uncached ones, from fixed held-out noise:
-    −PSNR up to constants, so every image counts alike (a plain MSE is carried by the few worst images, and a
-    search on it traded typical images for them: on dit-mnist it lowered the held-out MSE and the PSNR of 500
-    evaluation images alike).
-
-    `clip`: the range saved images are clipped to (pixel models: (−1, 1)); both sides are clipped before the error,
-    so that what no saved image shows (a background pixel at −1.1 against −1.05) does not count.
-
-    Resuming: a search's candidates differ from the plan it keeps (adopt()) from some evaluation on, so the run of a
-    candidate starts from a snapshot of the kept plan's run taken before that evaluation (sampler state and stored
-    outputs) instead of from the noise. The samples are bit-identical to a run from the start (tested); the run is
-    shorter by the evaluations skipped. `resume_every`: sampler steps between snapshots (None: about ten snapshots
-    per run; 0: never resume). Each snapshot holds the stored outputs once more (about 0.1 GB at 64 dit-mnist
-    images)."""
-
-    def __init__(
-        self,
-        model,
-        sampler: Sampler,
-        guidance_scale: float,
-        images: int,
-        seed: int,
-        clip: tuple[float, float] | None = None,
-        resume_every: int | None = None,
-    ):
-        if sampler.stochastic:
-            raise ValueError(f"{sampler.name} draws noise: the search compares deterministic runs (use η = 0)")
-        self.model, self.sampler, self.clip = model, sampler, clip
-        self.resume_every = -(-sampler.num_steps // 10) if resume_every is None else resume_every
-        param = next(model.parameters())
-        seeds = list(range(seed, seed + images))
-        noise = StackedRandomGenerator(seeds, param.device)
-        shape = (images, model.in_channels, model.input_size, model.input_size)
-        self.z = noise.randn(shape, dtype=param.dtype, device=param.device)
-        y = torch.arange(images, device=param.device) % model.null_class
-        self.denoise, self.copies = guided_denoiser(model, y, guidance_scale)
-        self.reference = self.samples(None)
-        self.evaluations = 0
-        self._kept: _Run | None = None  # the run candidates resume from (adopt)
-        self._last: _Run | None = None  # the run of the plan measured last
-
-    @torch.no_grad()
-    def samples(self, plan: CachePlan | None) -> torch.Tensor:
-        """Final samples of the held-out noise with `plan` (None: uncached), clipped as the error sees them."""
-        x = torch.cat([self.z] * self.copies)
-        if plan is None:
-            x = self.sampler.sample(self.denoise, x)
-        else:
-            x, self._last = self._run(plan)
-        x = x[: len(self.z)]
-        return x if self.clip is None else x.clamp(*self.clip)
-
-    def __call__(self, plan: CachePlan) -> float:
-        self.evaluations += 1
-        return float(per_image_mse(self.samples(plan), self.reference).clamp_min(1e-20).log().mean())
-
-    def adopt(self, plan: CachePlan) -> None:
-        """Resume later candidates from the run of `plan` (the plan a search keeps): the run measured last when it
-        was this plan's, else one run more."""
-        rows = plan_rows(plan)
-        if self._kept is not None and self._kept.rows == rows and self._kept.form == plan.form:
-            return  # kept already (a search step handing its plan to the next)
-        if self._last is None or self._last.rows != rows or self._last.form != plan.form:
-            self.evaluations += 1
-            self._last = self._run(plan)[1]
-        self._kept = self._last
-
-    def _run(self, plan: CachePlan) -> tuple[torch.Tensor, _Run]:
-        """(final samples, unclipped; the run's record for later resumes)."""
-        rows = plan_rows(plan)
-        run = _Run(rows, plan.form, {})
-        start, state = 0, None
-        if self.resume_every and self._kept is not None and self._kept.form == plan.form:
-            agree = next((j for j, (a, b) in enumerate(zip(rows, self._kept.rows)) if a != b), len(rows))
-            usable = [i for i in self._kept.snapshots if i * self.sampler.evaluations_per_step <= agree]
-            if usable:
-                start = max(usable)
-                state = self._kept.snapshots[start]
-                run.snapshots = {i: self._kept.snapshots[i] for i in usable}  # valid for this plan as well
-        with CacheEngine(self.model, plan) as engine:
-            denoise = engine.wrap(self.denoise)
-            if state is None:
-                x, history = torch.cat([self.z] * self.copies), {}
-            else:
-                x, history, stored = state
-                history = copy.deepcopy(history)
-                engine.restore(stored)
-            for i in range(start, self.sampler.num_steps):
-                if self.resume_every and i % self.resume_every == 0 and i not in run.snapshots and i > 0:
-                    run.snapshots[i] = (x, copy.deepcopy(history), engine.snapshot())
-                x = self.sampler.step(denoise, x, i, history)
-        return x, run
-
-
-@dataclass
-class _Run:
-    rows: list[tuple]  # plan_rows of the plan run
-    form: str  # its forecasts' form (what the stored differences mean)
-    snapshots: dict[int, tuple]  # sampler step i -> (x, sampler history, engine snapshot) before step i
-
-
-def per_image_mse(samples: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """(N,) mean squared error of each sample against its reference, in float64."""
-    return (samples - reference).double().square().flatten(1).mean(1)
+from .trajectory_error import TrajectoryError, per_image_mse  # noqa: F401  (per_image_mse: re-exported)
 
 
 @dataclass
