@@ -71,3 +71,66 @@ def test_a_folder_without_prompts_is_refused(folder, tmp_path):
     (tmp_path / "x.safetensors").write_text("not safetensors")
     with pytest.raises(ValueError, match="not a safetensors file"):
         flux_workload(str(folder), str(tmp_path / "x.safetensors"), steps=4)
+
+
+def test_train_router_searches_a_flux_folder_and_apply_runs_the_schedule(folder, tmp_path, capsys):
+    from l2c.cli import main
+    from l2c.integrations.diffusers import apply
+    from l2c.router.files import load_router
+
+    conditioning = _conditioning(tmp_path / "c.safetensors")
+    out = tmp_path / "flux.safetensors"
+    args = ["train-router", "--model", str(folder), "--conditioning", conditioning, "--steps", "4", "--cfg", "2"]
+    args += ["--height", "64", "--width", "64", "--target-speedup", "2", "--search-rounds", "1"]
+    args += ["--search-images", "2", "--check-images", "0", "--max-cache-memory", "1", "--out", str(out)]
+    assert main(args) == 0
+    router, meta = load_router(out)
+    assert meta["arch"] == "FluxTransformer2DModel" and meta["sampler"] == "diffusers-flowmatch-euler"
+    assert router.logits.shape == (4, len(describe(_packed_flux())))
+    transformer = diffusers.FluxTransformer2DModel.from_pretrained(folder / "transformer")
+    pipe = diffusers.FluxPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    with apply(pipe, str(out)) as handle:
+        pipe(
+            prompt_embeds=torch.randn(1, 8, 32, generator=g),
+            pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+            height=64,
+            width=64,
+            num_inference_steps=4,
+            output_type="latent",
+        )
+        assert handle.step == 4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cfg", "2", "--conditioning", "NEG"], "no negative_prompt_embeds"),
+        (["--max-cache-memory", "0.000001", "--conditioning", "OK"], "start stores"),
+        (["--search-rounds", "0", "--max-cache-memory", "1", "--conditioning", "OK"], "needs a value > 0 and a search"),
+    ],
+)
+def test_train_router_bad_flux_input_is_one_line_and_exit_2(folder, tmp_path, capsys, extra, message):
+    from l2c.cli import main
+
+    files = {
+        "NEG": _conditioning(tmp_path / "neg.safetensors", negative_prompt_embeds=None),
+        "OK": _conditioning(tmp_path / "ok.safetensors"),
+    }
+    extra = [files.get(a, a) for a in extra]
+    out = tmp_path / "r.safetensors"
+    args = ["train-router", "--model", str(folder), "--steps", "3", "--height", "32", "--width", "32"]
+    args += ["--target-speedup", "2", "--search-rounds", "1", "--search-images", "1", "--check-images", "0"]
+    code = main([*args, *extra, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()

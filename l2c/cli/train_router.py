@@ -26,6 +26,12 @@ def add_arguments(p) -> None:
         help="learn a schedule over every evaluation that meets this MAC speedup (e.g. 2.5; beyond the paper)",
     )
     p.add_argument("--target-macs", type=float, default=None, help="the same, as a MAC fraction of uncached (e.g. 0.4)")
+    p.add_argument(
+        "--conditioning",
+        default=None,
+        help="a FLUX folder's prompts: .safetensors of prompt_embeds, pooled_prompt_embeds (and negative_* for "
+        "--cfg > 1), named as FluxPipeline's arguments",
+    )
     p.add_argument("--out", default="router.safetensors", help="router file to write (working files beside it)")
     p.add_argument("--resume", action="store_true", help="continue from the working checkpoint beside --out")
     _add_training_knobs(advanced(p, "advanced: router training (the paper's Algorithm 1)"))
@@ -95,6 +101,14 @@ def _add_search_knobs(g) -> None:
     )
     g.add_argument("--window", type=int, default=5, help="evaluations per back-propagation window")
     g.add_argument("--max-skip", type=int, default=None, help="cap on consecutive non-computed evaluations")
+    g.add_argument(
+        "--max-cache-memory",
+        type=float,
+        default=None,
+        help="GB a schedule may store per image (every guidance call counted); the search skips plans over it",
+    )
+    g.add_argument("--height", type=int, default=None, help="image height of a FLUX folder's runs (default 1024)")
+    g.add_argument("--width", type=int, default=None, help="image width of a FLUX folder's runs (default 1024)")
 
 
 def run(args) -> int:
@@ -161,14 +175,39 @@ def schedule_config(args):
 
 
 def run_schedule(args) -> int:
-    from ..cache.macs import profile_macs
+    from ..jobs.diffusers_workload import is_flux_model
     from ..jobs.train_schedule import train_schedule_job
 
     config = schedule_config(args)
     if args.max_skip is not None and args.max_skip < 1:
         raise ValueError(f"--max-skip must be >= 1, got {args.max_skip}")
+    if args.max_cache_memory is not None and not (args.max_cache_memory > 0 and config.search_rounds):
+        raise ValueError("--max-cache-memory needs a value > 0 and a search (--search-rounds > 0), which it bounds")
+    cap = None if args.max_cache_memory is None else args.max_cache_memory * 2**30
+    if is_flux_model(args.model):
+        return _run_flux_schedule(args, config, cap)
+    if args.conditioning is not None:
+        raise ValueError("--conditioning is for a FLUX folder's prompts; this model is class-conditional")
+    from ..cache.macs import profile_macs
+
     model, spec, meta = load_model(args)
     sampler = sample_config(args, model, spec).make_sampler(spec)
     macs = profile_macs(meta["preset"])
-    train_schedule_job(model, meta, sampler, macs, config, Path(args.out), max_skip=args.max_skip)
+    train_schedule_job(model, meta, sampler, macs, config, Path(args.out), args.max_skip, max_cache_bytes=cap)
+    return 0
+
+
+def _run_flux_schedule(args, config, cap) -> int:
+    """A FLUX-family diffusers transformer, searched on itself with its own FlowMatchEuler loop (image-free)."""
+    from ..jobs.diffusers_workload import flux_workload, workload_macs
+    from ..jobs.train_schedule import train_schedule_job
+    from .errors import library_output_held
+
+    with library_output_held():  # a broken folder's library warnings join the error's one line
+        workload, meta = flux_workload(
+            args.model, args.conditioning, args.steps, args.cfg, args.height, args.width, args.device
+        )
+    macs = workload_macs(workload)
+    model, sampler = workload.model, workload.sampler
+    train_schedule_job(model, meta, sampler, macs, config, Path(args.out), args.max_skip, True, workload, cap)
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..cache.layout import describe, group_by_block, sublayer_blocks
-from ..cache.macs import MacProfile
+from ..cache.macs import MacProfile, plan_peak_bytes
 from ..cache.plan import ACTION_NAMES, COMPUTE, CachePlan
 from ..models import architecture_of
 from ..router.budget import action_names, router_plan, threshold_for_budget
@@ -59,11 +59,23 @@ def train_schedule_job(
     out: Path,
     max_skip: int | None = None,
     progress: bool = True,
+    workload=None,
+    max_cache_bytes: float | None = None,
 ) -> tuple[Router, dict]:
     """Start from TaylorSeer's interval at the budget, train (gradient iterations, if any), take the plan that meets
     the budget, refine it by search along its own trajectory, write `out` (.safetensors) and `out` without suffix /
-    {schedule.png, schedule_training.json}."""
-    num_classes = model.null_class  # labels 0 .. null - 1
+    {schedule.png, schedule_training.json}.
+
+    workload: what the search samples (l2c.jobs.workload; a diffusers transformer with its prompts), else the
+    class-conditional `model` with the sampler and the config's guidance. max_cache_bytes: the most a plan may store
+    per image (l2c.cache.macs.plan_peak_bytes, in the model's dtype, every guidance call counted); the search skips
+    plans over it."""
+    if workload is not None and config.iterations:
+        raise ValueError(
+            "gradient training (--iterations) runs on class-conditional models; a diffusers transformer's schedule is "
+            "searched: use --iterations 0"
+        )
+    num_classes = model.null_class if workload is None else None  # labels 0 .. null - 1
     E, L = sampler.num_evaluations, len(macs.sublayer_linear)
     near = interval_just_over(E, macs, config) if config.init == "taylorseer" else None
     if near is not None and not config.search_rounds:
@@ -90,14 +102,24 @@ def train_schedule_job(
         logits, history = initial_logits(E, L, config, macs), {"config": asdict(config)}
     scores = torch.sigmoid(logits.double())
     theta, plan, met = threshold_for_budget(scores, config.target_macs, macs, config.action, max_skip, config.form)
+    cap = None
+    if max_cache_bytes is not None:  # checked before any sampling: the search only moves among plans under the cap
+        cap = _memory_cap(model, macs, max_cache_bytes, config.guidance_scale, workload)
+        _check_memory(plan, cap, "the search's start")
     if config.search_rounds:
-        clip = PIXEL_RANGE if config.error_on == "images" and not is_latent(meta) else None
+        pixels = meta["pixel_space"] if "pixel_space" in meta else not is_latent(meta)
+        clip = PIXEL_RANGE if config.error_on == "images" and pixels else None
         every = -(-sampler.num_steps // config.search_snapshots) if config.search_snapshots else 0
-        error = TrajectoryError(model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every)
+        scale = config.guidance_scale
+        error = TrajectoryError(model, sampler, scale, config.search_images, SEARCH_SEED, clip, every, workload)
         blocks = group_by_block(sublayer_blocks(model))  # the sub-layers a block move shifts together
         check = None
         if config.check_images:
-            check = TrajectoryError(model, sampler, config.guidance_scale, config.check_images, CHECK_SEED, clip, every)
+            check = TrajectoryError(model, sampler, scale, config.check_images, CHECK_SEED, clip, every, workload)
+        if cap is not None:
+            for measure in (error, check):
+                if measure is not None:
+                    measure.cap_memory(*cap)
         # Budgets near a TaylorSeer interval: that interval, trimmed to the budget (just over it) or grown where the
         # held-out error says it helps (well under it), is a second start, kept if it measures better than the plan
         # exported from the scores.
@@ -169,6 +191,8 @@ def train_schedule_job(
         theta = 0.5
         plan = CachePlan.from_actions(actions, form=config.form, max_skip=max_skip)
         met = macs.fraction(plan)
+        if cap is not None:
+            _check_memory(plan, cap, "the schedule found")
         if met < 0.98 * config.target_macs and config.fill_budget != "blocks":
             print(
                 f"note: the schedule costs {met:.3f} of the MACs, {1 - met / config.target_macs:.1%} under the budget "
@@ -180,8 +204,8 @@ def train_schedule_job(
     router.logits.data.copy_(logits)
     router_meta = {
         "kind": "schedule",
-        "arch": architecture_of(model),
-        "model": meta.get("preset"),
+        "arch": architecture_of(model) if workload is None else meta["class"],
+        "model": meta.get("preset") or meta.get("model"),
         "sampler": sampler.name,
         "steps": sampler.num_evaluations // sampler.evaluations_per_step,
         "guidance": config.guidance_scale,
@@ -199,7 +223,7 @@ def train_schedule_job(
     work = out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"meta": router_meta, "history": history}, work / "schedule_training.json")
-    title = f"{meta.get('preset')} {sampler.name}, MACs {met:.3f}"
+    title = f"{meta.get('preset') or meta.get('model')} {sampler.name}, MACs {met:.3f}"
     plot_router(router, theta, work / "schedule.png", title=title, layout=describe(model))
     print(
         f"wrote {out}: {plan.action_counts()} over {plan.num_steps} evaluations; MACs {met:.3f} of uncached "
@@ -208,6 +232,24 @@ def train_schedule_job(
     if not torch.equal(router_plan(router, router_meta).actions, plan.actions):
         raise RuntimeError("the router file does not reproduce the exported plan: this is a bug in l2c")
     return router, router_meta
+
+
+def _memory_cap(model, macs: MacProfile, max_bytes: float, guidance_scale: float, workload) -> tuple:
+    """cap_memory's arguments: the model's element size, and its model calls per evaluation that keep caches."""
+    element_size = next(model.parameters()).element_size()
+    # Guidance stores a second set per image: two calls (U-ViT, FLUX's true CFG) or a doubled batch (DiT).
+    guided = getattr(workload, "cfg", 1.0) > 1 if workload is not None else guidance_scale != 1.0
+    return macs.sublayer_outputs, max_bytes, element_size, 2 if guided else 1
+
+
+def _check_memory(plan: CachePlan, cap: tuple, which: str) -> None:
+    outputs, max_bytes, element_size, calls = cap
+    need = plan_peak_bytes(plan, outputs, 1, element_size, calls)
+    if need > max_bytes:
+        raise ValueError(
+            f"{which} stores {need / 2**30:.3g} GB per image, over --max-cache-memory {max_bytes / 2**30:.3g} GB: "
+            "raise the cap, or store less (--action reuse keeps one output per sub-layer)"
+        )
 
 
 def _fraction(actions: torch.Tensor, config: ScheduleTrainConfig, macs: MacProfile) -> float:
