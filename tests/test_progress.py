@@ -102,3 +102,10 @@ def test_a_command_writing_to_a_pipe_prints_few_progress_lines_and_none_when_qui
     assert run.returncode == 0, run.stderr
     assert not [line for line in run.stderr.splitlines() if line.startswith("train-router:")], run.stderr
     assert "\r" not in run.stderr
+
+
+def test_every_loop_in_the_package_reports_through_the_helper():
+    # a bare tqdm would write every redraw into a log again
+    package = Path(progress_module.__file__).parent.parent
+    users = [p for p in package.rglob("*.py") if "tqdm" in p.read_text() and p.name != "progress.py"]
+    assert users == []

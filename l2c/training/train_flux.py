@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..models.flux_mnist import (
     NULL_CLASS,
@@ -32,6 +31,7 @@ from ..models.flux_mnist import (
     save_flux_mnist,
 )
 from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from ..utils.progress import progress_bar
 from .train_model import _plot_losses, _update_ema, check_resume
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def train_flux(cfg: TrainFluxConfig, data, out_dir: Path, resume: bool = False) 
 
 
 def _run(cfg: TrainFluxConfig, net, ema, opt, state, data, out_dir: Path) -> None:
-    bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps, desc="train-flux")
+    bar = progress_bar(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps, desc="train-flux")
     t0 = time.time()
     for step in bar:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
