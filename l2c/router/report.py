@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..cache.layout import ATTENTION_KINDS, Sublayer, pair_kinds, pairs
-from ..cache.macs import MacProfile
+from ..cache.macs import MacProfile, plan_peak_bytes
 from ..cache.plan import CachePlan
 from ..utils.io import atomic_output
 from .router import Router
@@ -95,6 +95,10 @@ def plan_macs(plan: CachePlan, macs: MacProfile) -> dict:
         out[f"macs_per_image_uncached_{suffix}"] = uncached
         out[f"mac_speedup_{suffix}"] = uncached / executed
     out["macs_convention"] = MACS_CONVENTION
+    if len(macs.sublayer_outputs) == plan.num_sublayers:
+        # What the plan's run holds at its peak (outputs, differences, forecast buffers), per image and model call,
+        # in float32; half precision holds half, and guidance (two calls or a doubled batch) twice as much.
+        out["stored_bytes_peak_per_image"] = plan_peak_bytes(plan, macs.sublayer_outputs, 1, 4)
     return out
 
 
@@ -126,6 +130,11 @@ def format_table(summary: dict) -> str:
             "MACs per image, whole run (Linear/Conv, paper convention): "
             f"{summary['macs_per_image_plan_linear'] / 1e9:.2f} G of "
             f"{summary['macs_per_image_uncached_linear'] / 1e9:.2f} G ({summary['mac_speedup_linear']:.2f}x fewer)"
+        )
+    if "stored_bytes_peak_per_image" in summary:
+        lines.append(
+            f"stored at the peak: {summary['stored_bytes_peak_per_image'] / 2**20:.2f} MiB per image and model "
+            "call in float32 (half in bf16 / fp16; twice with guidance)"
         )
     return "\n".join(lines)
 
