@@ -161,3 +161,57 @@ def test_a_loop_that_never_steps_its_scheduler_is_refused(flux_pipe):
         with torch.no_grad(), pytest.raises(RuntimeError, match="without a scheduler step"):
             for _ in range(20):
                 transformer(**inputs)
+
+
+def test_sd3_skip_layer_guidance_adds_a_third_call_in_some_steps():
+    """StableDiffusion3Pipeline with skip-layer guidance: one doubled-batch call per step, plus a batch-1 call that
+    skips block 1 inside a window of steps. That call's cache starts where it first appears (computed there, not
+    read from nothing), and an all-compute plan is bit-identical."""
+    transformer, _ = _build("sd3")
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        return pipe(
+            prompt_embeds=torch.randn(1, 6, 32, generator=g),
+            pooled_prompt_embeds=torch.randn(1, 64, generator=g),
+            negative_prompt_embeds=torch.randn(1, 6, 32, generator=g),
+            negative_pooled_prompt_embeds=torch.randn(1, 64, generator=g),
+            height=64,
+            width=64,
+            num_inference_steps=STEPS,
+            guidance_scale=3.0,
+            skip_guidance_layers=[1],
+            skip_layer_guidance_start=0.2,
+            skip_layer_guidance_stop=0.8,
+            output_type="latent",
+            generator=g,
+        ).images
+
+    batches = []
+    hook = transformer.register_forward_pre_hook(
+        lambda m, a, k: batches.append(k["hidden_states"].shape[0]), with_kwargs=True
+    )
+    try:
+        plain = run()
+        assert batches.count(1) >= 2 and len(batches) > STEPS  # the third call, in some steps only
+        L = len(sublayers(transformer))
+        with apply(pipe, CachePlan.full(STEPS, L)) as handle:
+            assert torch.equal(run(), plain) and handle.step == STEPS
+        with apply(pipe, _reuse_plan(L)) as handle:
+            cached = run()
+            slots = {slot for slot, _ in handle.engine._runner.signatures}
+    finally:
+        hook.remove()
+    assert slots == {0, 1} and cached.shape == plain.shape and not torch.equal(cached, plain)
