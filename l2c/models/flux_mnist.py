@@ -18,6 +18,7 @@ A saved model is a diffusers folder: transformer/ (config.json + fp16 safetensor
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -59,7 +60,7 @@ SCHEDULER_CONFIG = dict(
 )
 
 DEFAULT_STEPS = 28  # FLUX.1-dev's default num_inference_steps
-DEFAULT_CFG = 3.0  # true_cfg_scale the card measures
+DEFAULT_CFG = 2.0  # true_cfg_scale: the best MNIST-FID of 1.5 / 2 / 3 in a probe, 100 % class accuracy (card)
 
 
 def create_transformer(**overrides):
@@ -115,15 +116,15 @@ def image_ids(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-def save_flux_mnist(transformer, prompts: ClassPrompts, out: str | Path, dtype=torch.float16) -> Path:
-    """Write the diffusers folder (transformer/, scheduler/, conditioning.safetensors) in `dtype`."""
+def save_flux_mnist(transformer, prompts: ClassPrompts, out: str | Path) -> Path:
+    """Write the diffusers folder (transformer/, scheduler/, conditioning.safetensors) in float16."""
     from safetensors.torch import save_file
 
     out = Path(out)
-    transformer = transformer.to(dtype)
-    transformer.save_pretrained(out / "transformer", safe_serialization=True)
+    # A float16 copy (the caller's model is left as it is); .half() rather than ModelMixin.to, which warns here.
+    copy.deepcopy(transformer).half().save_pretrained(out / "transformer", safe_serialization=True)
     atomic_write_json({"_class_name": "FlowMatchEulerDiscreteScheduler", **SCHEDULER_CONFIG}, _scheduler_json(out))
-    tensors = {k: v.detach().to(dtype).contiguous() for k, v in prompts.state_dict().items()}
+    tensors = {k: v.detach().half().contiguous() for k, v in prompts.state_dict().items()}
     with atomic_output(out / "conditioning.safetensors") as tmp:
         save_file(tensors, str(tmp))
     return out
