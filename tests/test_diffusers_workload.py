@@ -87,6 +87,8 @@ def test_train_router_searches_a_flux_folder_and_apply_runs_the_schedule(folder,
     router, meta = load_router(out)
     assert meta["arch"] == "FluxTransformer2DModel" and meta["sampler"] == "diffusers-flowmatch-euler"
     assert router.logits.shape == (4, len(describe(_packed_flux())))
+    assert main(["router", "show", str(out)]) == 0
+    assert "stored at the peak:" in capsys.readouterr().out  # recorded at training: no preset needed
     transformer = diffusers.FluxTransformer2DModel.from_pretrained(folder / "transformer")
     pipe = diffusers.FluxPipeline(
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),

@@ -87,6 +87,8 @@ def run_show(args) -> int:
     from ..router.budget import router_plan
 
     summary = router_summary(router, threshold, macs, router_plan(router, meta, threshold), layout)
+    if macs is None and "stored_bytes_peak_per_image" in meta:  # recorded at training, in the model's dtype
+        summary["stored_bytes_peak_per_image"] = meta["stored_bytes_peak_per_image"]
     if args.png:
         plot_router(router, threshold, args.png, title=Path(args.router).name, layout=layout)
     if args.json:

@@ -218,6 +218,9 @@ def train_schedule_job(
         "actions": plan.action_counts(),
         "training": {k: v for k, v in history["config"].items()},
         "schedule": "all",
+        # for `router show` without the model at hand (a diffusers folder has no preset to profile)
+        "macs_per_image_uncached_linear": macs.full() * plan.num_steps,
+        "stored_bytes_peak_per_image": plan_peak_bytes(plan, macs.sublayer_outputs, 1, _element_size(model)),
     }
     save_router(router, out, router_meta)
     work = out.with_suffix("")
@@ -234,9 +237,13 @@ def train_schedule_job(
     return router, router_meta
 
 
+def _element_size(model) -> int:
+    return next(model.parameters()).element_size()
+
+
 def _memory_cap(model, macs: MacProfile, max_bytes: float, guidance_scale: float, workload) -> tuple:
     """cap_memory's arguments: the model's element size, and its model calls per evaluation that keep caches."""
-    element_size = next(model.parameters()).element_size()
+    element_size = _element_size(model)
     # Guidance stores a second set per image: two calls (U-ViT, FLUX's true CFG) or a doubled batch (DiT).
     guided = getattr(workload, "cfg", 1.0) > 1 if workload is not None else guidance_scale != 1.0
     return macs.sublayer_outputs, max_bytes, element_size, 2 if guided else 1

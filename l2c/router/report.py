@@ -134,7 +134,7 @@ def format_table(summary: dict) -> str:
     if "stored_bytes_peak_per_image" in summary:
         lines.append(
             f"stored at the peak: {summary['stored_bytes_peak_per_image'] / 2**20:.2f} MiB per image and model "
-            "call in float32 (half in bf16 / fp16; twice with guidance)"
+            "call (float32 with --model; else as recorded at training, in the model's dtype; twice with guidance)"
         )
     return "\n".join(lines)
 
