@@ -81,7 +81,7 @@ def test_train_router_searches_a_flux_folder_and_apply_runs_the_schedule(folder,
     conditioning = _conditioning(tmp_path / "c.safetensors")
     out = tmp_path / "flux.safetensors"
     args = ["train-router", "--model", str(folder), "--conditioning", conditioning, "--steps", "4", "--cfg", "2"]
-    args += ["--height", "64", "--width", "64", "--target-speedup", "2", "--search-rounds", "1"]
+    args += ["--height", "64", "--width", "64", "--target-macs", "0.5", "--search-rounds", "1"]
     args += ["--search-images", "2", "--check-images", "0", "--max-cache-memory", "1", "--out", str(out)]
     assert main(args) == 0
     router, meta = load_router(out)
@@ -131,7 +131,7 @@ def test_train_router_bad_flux_input_is_one_line_and_exit_2(folder, tmp_path, ca
     extra = [files.get(a, a) for a in extra]
     out = tmp_path / "r.safetensors"
     args = ["train-router", "--model", str(folder), "--steps", "3", "--height", "32", "--width", "32"]
-    args += ["--target-speedup", "2", "--search-rounds", "1", "--search-images", "1", "--check-images", "0"]
+    args += ["--target-macs", "0.5", "--search-rounds", "1", "--search-images", "1", "--check-images", "0"]
     code = main([*args, *extra, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err

@@ -248,7 +248,7 @@ def test_router_show_takes_the_bundled_models_names_as_presets(capsys):
 def test_schedule_router_file_sampling_and_show(tmp_path, capsys):
     out = tmp_path / "s.safetensors"
     args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out)]
-    code = main(["train-router", *args, "--target-speedup", "2", "--iterations", "2", "--batch-size", "2"])
+    code = main(["train-router", *args, "--target-macs", "0.5", "--iterations", "2", "--batch-size", "2"])
     assert code == 0
     router, meta = load_router(out)
     assert meta["kind"] == "schedule" and meta["target_macs"] == 0.5 and meta["met_macs"] <= 0.5
@@ -649,3 +649,27 @@ def test_fill_budget_flag_spends_what_the_search_left(tmp_path, capsys):
     block = 1 / (9 * len(create_model("DiT-tiny").blocks))  # more than one block computation costs
     assert 0.55 - block < meta["met_macs"] <= 0.55
     assert meta["training"]["fill_budget"] and isinstance(history["blocks_filled"], list)
+
+
+def test_target_speedup_is_a_budget_in_measured_time(tmp_path, capsys):
+    """--target-speedup S measures each part of an evaluation on this device (l2c.cache.costs) and spends 1/S of the
+    predicted uncached time; the router file records the cost model, and router show the predicted speedup."""
+    out = tmp_path / "t.safetensors"
+    args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out), "--search-rounds", "0"]
+    # A tiny model's evaluation is mostly what every evaluation computes: a small speedup is what it can be asked.
+    assert main(["train-router", *args, "--target-speedup", "1.05", "--cost-batch", "16"]) == 0
+    router, meta = load_router(out)
+    cost = meta["cost"]
+    assert meta["budget"] == "time" and meta["target_time"] == 1 / 1.05 and meta["predicted_time"] <= 1 / 1.05
+    assert cost["batch"] == 16 and len(cost["sublayer_s"]) == router.num_sublayers
+    assert all(t > 0 for t in cost["sublayer_s"]) and cost["pass_s_per_element"] > 0
+    from l2c.cache.costs import profile_from_record
+    from l2c.cache.macs import profile_macs
+
+    predicted = profile_from_record(cost, profile_macs("DiT-tiny").sublayer_outputs)
+    assert predicted.fraction(router_plan(router, meta)) == pytest.approx(meta["predicted_time"], rel=1e-9)
+    capsys.readouterr()
+    assert main(["router", "show", str(out), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["predicted_speedup"] == pytest.approx(1 / meta["predicted_time"])
+    assert "batch 16" in shown["predicted_on"]

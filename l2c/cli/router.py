@@ -89,6 +89,10 @@ def run_show(args) -> int:
     summary = router_summary(router, threshold, macs, router_plan(router, meta, threshold), layout)
     if macs is None and "stored_bytes_peak_per_image" in meta:  # recorded at training, in the model's dtype
         summary["stored_bytes_peak_per_image"] = meta["stored_bytes_peak_per_image"]
+    if "predicted_time" in meta:  # a time budget: the cost model measured at training (l2c.cache.costs)
+        cost = meta["cost"]
+        summary["predicted_speedup"] = 1.0 / meta["predicted_time"]
+        summary["predicted_on"] = f"{cost['device']}, {cost['dtype']}, batch {cost['batch']}"
     if args.png:
         plot_router(router, threshold, args.png, title=Path(args.router).name, layout=layout)
     if args.json:

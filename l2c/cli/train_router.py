@@ -23,9 +23,12 @@ def add_arguments(p) -> None:
         "--target-speedup",
         type=float,
         default=None,
-        help="learn a schedule over every evaluation that meets this MAC speedup (e.g. 2.5; beyond the paper)",
+        help="learn a schedule over every evaluation predicted this much faster on this device (e.g. 2.5; beyond "
+        "the paper): the time of each part is measured first, at --cost-batch images",
     )
-    p.add_argument("--target-macs", type=float, default=None, help="the same, as a MAC fraction of uncached (e.g. 0.4)")
+    p.add_argument(
+        "--target-macs", type=float, default=None, help="a schedule at this MAC fraction of uncached instead (e.g. 0.4)"
+    )
     p.add_argument(
         "--conditioning",
         default=None,
@@ -107,6 +110,7 @@ def _add_search_knobs(g) -> None:
         default=None,
         help="GB a schedule may store per image (every guidance call counted); the search skips plans over it",
     )
+    g.add_argument("--cost-batch", type=int, default=64, help="images per call --target-speedup's timing runs at")
     g.add_argument("--height", type=int, default=None, help="image height of a FLUX folder's runs (default 1024)")
     g.add_argument("--width", type=int, default=None, help="image width of a FLUX folder's runs (default 1024)")
 
@@ -184,17 +188,39 @@ def run_schedule(args) -> int:
     if args.max_cache_memory is not None and not (args.max_cache_memory > 0 and config.search_rounds):
         raise ValueError("--max-cache-memory needs a value > 0 and a search (--search-rounds > 0), which it bounds")
     cap = None if args.max_cache_memory is None else args.max_cache_memory * 2**30
+    if args.cost_batch < 1:
+        raise ValueError(f"--cost-batch must be >= 1, got {args.cost_batch}")
     if is_flux_model(args.model):
         return _run_flux_schedule(args, config, cap)
     if args.conditioning is not None:
         raise ValueError("--conditioning is for a FLUX folder's prompts; this model is class-conditional")
     from ..cache.macs import profile_macs
+    from ..sampling.workload import ClassWorkload
 
     model, spec, meta = load_model(args)
     sampler = sample_config(args, model, spec).make_sampler(spec)
     macs = profile_macs(meta["preset"])
-    train_schedule_job(model, meta, sampler, macs, config, Path(args.out), args.max_skip, max_cache_bytes=cap)
+    cost = _measured_cost(args, ClassWorkload(model, sampler, args.cfg), macs)
+    out = Path(args.out)
+    train_schedule_job(model, meta, sampler, macs, config, out, args.max_skip, max_cache_bytes=cap, cost=cost)
     return 0
+
+
+def _measured_cost(args, workload, macs):
+    """With --target-speedup, the time profile of one evaluation at --cost-batch images (None for --target-macs)."""
+    if args.target_speedup is None:
+        return None
+    import torch
+
+    from ..cache.costs import measure_time_profile
+
+    seeds = list(range(args.cost_batch))
+    z = workload.noise(seeds)
+    denoise, copies = workload.denoiser(torch.tensor(seeds))
+    x = torch.cat([z] * copies)
+    t = workload.sampler.model_time(workload.sampler.num_evaluations // 2, len(x), x.device)
+    print(f"measuring the time of each part of an evaluation at {args.cost_batch} images", flush=True)
+    return measure_time_profile(workload.model, lambda: denoise(x, t, 0), macs.sublayer_outputs, args.cost_batch)
 
 
 def _run_flux_schedule(args, config, cap) -> int:
@@ -209,5 +235,6 @@ def _run_flux_schedule(args, config, cap) -> int:
         )
     macs = workload_macs(workload)
     model, sampler = workload.model, workload.sampler
-    train_schedule_job(model, meta, sampler, macs, config, Path(args.out), args.max_skip, True, workload, cap)
+    cost = _measured_cost(args, workload, macs)
+    train_schedule_job(model, meta, sampler, macs, config, Path(args.out), args.max_skip, True, workload, cap, cost)
     return 0

@@ -61,6 +61,7 @@ def train_schedule_job(
     progress: bool = True,
     workload=None,
     max_cache_bytes: float | None = None,
+    cost: tuple[MacProfile, dict] | None = None,
 ) -> tuple[Router, dict]:
     """Start from TaylorSeer's interval at the budget, train (gradient iterations, if any), take the plan that meets
     the budget, refine it by search along its own trajectory, write `out` (.safetensors) and `out` without suffix /
@@ -69,16 +70,20 @@ def train_schedule_job(
     workload: what the search samples (l2c.jobs.workload; a diffusers transformer with its prompts), else the
     class-conditional `model` with the sampler and the config's guidance. max_cache_bytes: the most a plan may store
     per image (l2c.cache.macs.plan_peak_bytes, in the model's dtype, every guidance call counted); the search skips
-    plans over it."""
+    plans over it. cost: a measured time profile and its record (l2c.cache.costs.measure_time_profile): the budget
+    is then `config.target_macs` of the predicted uncached *time*, and `macs` serves the reports only."""
     if workload is not None and config.iterations:
         raise ValueError(
             "gradient training (--iterations) runs on class-conditional models; a diffusers transformer's schedule is "
             "searched: use --iterations 0"
         )
     num_classes = model.null_class if workload is None else None  # labels 0 .. null - 1
+    mac_profile = macs
+    if cost is not None:
+        macs = cost[0]  # every budget computation below spends predicted seconds instead of MACs
     E, L = sampler.num_evaluations, len(macs.sublayer_linear)
     near = interval_just_over(E, macs, config) if config.init == "taylorseer" else None
-    if near is not None and not config.search_rounds:
+    if near is not None and not config.search_rounds and cost is None:  # notes about MAC budgets
         print(
             f"note: TaylorSeer's interval {near[0]} costs {near[1]:.3f} of the MACs, "
             f"{near[1] / config.target_macs - 1:.1%} over the budget, and plans just under such an interval have "
@@ -87,7 +92,7 @@ def train_schedule_job(
             flush=True,
         )
     under = interval_well_under(E, macs, config) if config.init == "taylorseer" and near is None else None
-    if under is not None and not config.search_rounds:
+    if under is not None and not config.search_rounds and cost is None:
         print(
             f"note: the budget lies between TaylorSeer's intervals {under[0] - 1} and {under[0]}; interval {under[0]} "
             f"alone costs {under[1]:.3f} of the MACs, and at such budgets it was faster and as good as or better "
@@ -104,7 +109,7 @@ def train_schedule_job(
     theta, plan, met = threshold_for_budget(scores, config.target_macs, macs, config.action, max_skip, config.form)
     cap = None
     if max_cache_bytes is not None:  # checked before any sampling: the search only moves among plans under the cap
-        cap = _memory_cap(model, macs, max_cache_bytes, config.guidance_scale, workload)
+        cap = _memory_cap(model, mac_profile, max_cache_bytes, config.guidance_scale, workload)
         _check_memory(plan, cap, "the search's start")
     if config.search_rounds:
         pixels = meta["pixel_space"] if "pixel_space" in meta else not is_latent(meta)
@@ -213,24 +218,28 @@ def train_schedule_job(
         "form": config.form,
         "max_skip": max_skip,
         "threshold": theta,
-        "target_macs": config.target_macs,
-        "met_macs": met,
+        "budget": "time" if cost is not None else "macs",
+        "target_macs": None if cost is not None else config.target_macs,
+        "met_macs": mac_profile.fraction(plan),
         "actions": plan.action_counts(),
         "training": {k: v for k, v in history["config"].items()},
         "schedule": "all",
         # for `router show` without the model at hand (a diffusers folder has no preset to profile)
-        "macs_per_image_uncached_linear": macs.full() * plan.num_steps,
-        "stored_bytes_peak_per_image": plan_peak_bytes(plan, macs.sublayer_outputs, 1, _element_size(model)),
+        "macs_per_image_uncached_linear": mac_profile.full() * plan.num_steps,
+        "stored_bytes_peak_per_image": plan_peak_bytes(plan, mac_profile.sublayer_outputs, 1, _element_size(model)),
     }
+    if cost is not None:  # the measured cost model, and what it predicts for this plan
+        router_meta.update(target_time=config.target_macs, predicted_time=met, cost=cost[1])
     save_router(router, out, router_meta)
     work = out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"meta": router_meta, "history": history}, work / "schedule_training.json")
-    title = f"{meta.get('preset') or meta.get('model')} {sampler.name}, MACs {met:.3f}"
+    unit = "predicted time" if cost is not None else "MACs"
+    title = f"{meta.get('preset') or meta.get('model')} {sampler.name}, {unit} {met:.3f}"
     plot_router(router, theta, work / "schedule.png", title=title, layout=describe(model))
     print(
-        f"wrote {out}: {plan.action_counts()} over {plan.num_steps} evaluations; MACs {met:.3f} of uncached "
-        f"(target {config.target_macs:.3f}, {1 / met:.2f}x fewer) at θ = {theta:.4g}"
+        f"wrote {out}: {plan.action_counts()} over {plan.num_steps} evaluations; {unit} {met:.3f} of uncached "
+        f"(target {config.target_macs:.3f}, {1 / met:.2f}x); MACs {router_meta['met_macs']:.3f} at θ = {theta:.4g}"
     )
     if not torch.equal(router_plan(router, router_meta).actions, plan.actions):
         raise RuntimeError("the router file does not reproduce the exported plan: this is a bug in l2c")

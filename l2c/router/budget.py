@@ -93,7 +93,8 @@ def threshold_for_budget(
     best = plan_at(0)
     if best[2] > target:
         raise ValueError(
-            f"the target MAC fraction {target:.3f} is below what evaluation 0 and the cap alone cost "
+            f"the target fraction {target:.3f} (of the uncached MACs, or of its predicted time) is below what "
+            "evaluation 0 and the cap alone cost "
             f"({best[2]:.3f}): ask for a smaller speedup or a larger --max-skip"
         )
     while lo < hi:

@@ -131,6 +131,11 @@ def format_table(summary: dict) -> str:
             f"{summary['macs_per_image_plan_linear'] / 1e9:.2f} G of "
             f"{summary['macs_per_image_uncached_linear'] / 1e9:.2f} G ({summary['mac_speedup_linear']:.2f}x fewer)"
         )
+    if "predicted_speedup" in summary:
+        lines.append(
+            f"predicted speedup {summary['predicted_speedup']:.2f}x (time of each part measured at training on "
+            f"{summary['predicted_on']})"
+        )
     if "stored_bytes_peak_per_image" in summary:
         lines.append(
             f"stored at the peak: {summary['stored_bytes_peak_per_image'] / 2**20:.2f} MiB per image and model "
