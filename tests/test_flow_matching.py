@@ -220,3 +220,26 @@ def test_flow_matching_loss_target_is_velocity():
     )[0]
     assert torch.equal(loss, torch.mean((v - (eps - z0)) ** 2))
     assert torch.equal(flux_mnist.latents_to_pixels(flux_mnist.pixels_to_latents(x0)), x0)
+
+
+def test_sample_command_on_the_bundled_flux_mnist(tmp_path):
+    _needs_pipeline()
+    if not (flux_mnist.ASSET / "transformer" / "config.json").exists():
+        pytest.skip("the bundled flux-mnist folder is not in this checkout")
+    from PIL import Image
+
+    from l2c.cli import main
+    from l2c.jobs.generate import save_grid
+
+    out = tmp_path / "grid.png"
+    assert (
+        main(
+            ["sample", "--model", "flux-mnist", "--classes", "3,7", "--seeds", "0-1", "--steps", "3", "--out", str(out)]
+        )
+        == 0
+    )
+    transformer, scheduler, conditioning = flux_mnist.load_flux_mnist()
+    images = sample_flux_mnist(flux_pipeline(transformer, scheduler), conditioning, [0, 1], [3, 7], steps=3, cfg=2.0)
+    save_grid(images[..., None], tmp_path / "expected.png", scale=2)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "expected.png")))
+    assert flux_mnist.DEFAULT_CFG == 2.0  # the command's default (its --cfg flag's own default means "the model's")

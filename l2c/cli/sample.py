@@ -8,6 +8,7 @@ from ..jobs.compile import COMPILE_MODES
 from .common import add_model_args, add_sampler_args, advanced, load_model, load_router_for, sample_config
 
 HELP = "sample an image grid (and optionally an ADM-format .npz), with or without a router"
+FLUX = "flux-mnist"  # the bundled FluxTransformer2DModel folder, sampled by diffusers' FluxPipeline
 
 
 def add_arguments(p) -> None:
@@ -42,6 +43,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    if args.model == FLUX:
+        return _run_flux(args)
     from ..jobs.generate import generate, save_grid, to_uint8
     from ..jobs.loading import decoder_for
     from ..sampling.seeds import parse_int_list
@@ -76,4 +79,28 @@ def run(args) -> int:
         images = to_uint8(generate(model, spec, grid_seeds, grid_classes, config, plan, decode))
     save_grid(images, args.out, scale=2 if images.shape[1] < 64 else 1)
     print(f"wrote {args.out}" + (f" and {args.npz}" if args.npz else "") + f" ({len(seeds)} images)")
+    return 0
+
+
+def _run_flux(args) -> int:
+    from ..jobs.flux_sampling import flux_pipeline, sample_flux_mnist
+    from ..jobs.generate import save_grid
+    from ..models.flux_mnist import DEFAULT_CFG, DEFAULT_STEPS, load_flux_mnist
+    from ..sampling.seeds import parse_int_list
+
+    unsupported = [
+        f for f in ("ckpt", "router", "npz", "vae", "schedule", "random_init", "compile") if getattr(args, f)
+    ]
+    if unsupported or args.sampler not in (None, "diffusers-flowmatch-euler") or args.device != "cpu":
+        raise ValueError(f"{FLUX} samples through FluxPipeline on the CPU; drop --{(unsupported or ['sampler'])[0]}")
+    steps = DEFAULT_STEPS if args.steps == 20 else args.steps  # 20 / 1.5: the flags' defaults, for DiT
+    cfg = DEFAULT_CFG if args.cfg == 1.5 else args.cfg
+    seeds = parse_int_list(args.seeds)
+    labels = parse_int_list(args.classes)
+    classes = [labels[i % len(labels)] for i in range(len(seeds))][: args.grid_max]
+    transformer, scheduler, conditioning = load_flux_mnist()
+    pipe = flux_pipeline(transformer, scheduler)
+    images = sample_flux_mnist(pipe, conditioning, seeds[: args.grid_max], classes, steps, cfg, args.batch_size)
+    save_grid(images[..., None], args.out, scale=2)
+    print(f"wrote {args.out} ({len(images)} images, FluxPipeline, {steps} steps, true CFG {cfg})")
     return 0
