@@ -25,20 +25,20 @@ from .generate import to_uint8
 def flux_pipeline(transformer, scheduler):
     """FluxPipeline without VAE and text encoders: it is called with precomputed prompt embeddings and returns the
     packed latents (output_type="latent"). Needs `transformers` installed (FluxPipeline imports it)."""
-    try:
-        from diffusers import FluxPipeline
+    from diffusers import FluxPipeline
+    from diffusers.utils import is_transformers_available
 
-        pipe = FluxPipeline(
-            scheduler=scheduler,
-            vae=None,
-            text_encoder=None,
-            tokenizer=None,
-            text_encoder_2=None,
-            tokenizer_2=None,
-            transformer=transformer,
-        )
-    except (ImportError, AttributeError) as e:  # diffusers' stand-in class raises AttributeError without transformers
-        raise ImportError(f"FluxPipeline needs the transformers package: pip install transformers ({e})") from None
+    if not is_transformers_available():  # without it diffusers hands out a stand-in class that fails when called
+        raise RuntimeError("FluxPipeline needs the transformers package: pip install transformers")
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

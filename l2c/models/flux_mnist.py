@@ -145,7 +145,10 @@ def load_flux_mnist(path: str | Path | None = None, dtype=torch.float32):
     path = Path(path or ASSET)
     if not (path / "transformer" / "config.json").exists():
         raise FileNotFoundError(f"no flux-mnist folder at {path} (expected transformer/config.json in it)")
-    transformer = FluxTransformer2DModel.from_pretrained(path / "transformer", torch_dtype=dtype)
+    # low_cpu_mem_usage=False: the lazy loading needs `accelerate` and only warns without it (the model is 5 MB)
+    transformer = FluxTransformer2DModel.from_pretrained(
+        path / "transformer", torch_dtype=dtype, low_cpu_mem_usage=False
+    )
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(json.loads(_scheduler_json(path).read_text()))
     conditioning = {k: v.to(dtype) for k, v in load_file(str(path / "conditioning.safetensors")).items()}
     return transformer.eval().requires_grad_(False), scheduler, conditioning
