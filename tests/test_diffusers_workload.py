@@ -10,6 +10,7 @@ from test_workload import _packed_flux  # noqa: E402
 
 from l2c.cache.layout import describe  # noqa: E402
 from l2c.jobs.diffusers_workload import flux_workload, is_flux_model, workload_macs  # noqa: E402
+from l2c.jobs.flux_sampling import flux_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +91,7 @@ def test_train_router_searches_a_flux_folder_and_apply_runs_the_schedule(folder,
     assert main(["router", "show", str(out)]) == 0
     assert "stored at the peak:" in capsys.readouterr().out  # recorded at training: no preset needed
     transformer = diffusers.FluxTransformer2DModel.from_pretrained(folder / "transformer")
-    pipe = diffusers.FluxPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = flux_pipeline(transformer, diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
     g = torch.Generator().manual_seed(0)
     with apply(pipe, str(out)) as handle:
         pipe(

@@ -123,6 +123,22 @@ def _dit_inputs(t):
     return dict(hidden_states=_randn(1, 4, 8, 8), timestep=torch.tensor([int(t * 999)]), class_labels=torch.tensor([3]))
 
 
+_SD3 = dict(
+    sample_size=8,
+    patch_size=1,
+    in_channels=4,
+    num_layers=3,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    caption_projection_dim=32,
+    joint_attention_dim=32,
+    pooled_projection_dim=64,
+    out_channels=4,
+    pos_embed_max_size=96,
+    dual_attention_layers=(),
+    qk_norm=None,
+)
+
 # class name, its tiny config (diffusers' tests), inputs at time t in (0, 1]
 MODELS = {
     "flux": (
@@ -155,44 +171,8 @@ MODELS = {
         ),
         _flux2_inputs,
     ),
-    "sd3": (
-        "SD3Transformer2DModel",
-        dict(
-            sample_size=8,
-            patch_size=1,
-            in_channels=4,
-            num_layers=3,
-            attention_head_dim=8,
-            num_attention_heads=4,
-            caption_projection_dim=32,
-            joint_attention_dim=32,
-            pooled_projection_dim=64,
-            out_channels=4,
-            pos_embed_max_size=96,
-            dual_attention_layers=(),
-            qk_norm=None,
-        ),
-        _sd3_inputs,
-    ),
-    "sd3.5": (
-        "SD3Transformer2DModel",
-        dict(
-            sample_size=8,
-            patch_size=1,
-            in_channels=4,
-            num_layers=3,
-            attention_head_dim=8,
-            num_attention_heads=4,
-            caption_projection_dim=32,
-            joint_attention_dim=32,
-            pooled_projection_dim=64,
-            out_channels=4,
-            pos_embed_max_size=96,
-            dual_attention_layers=(0,),
-            qk_norm="rms_norm",
-        ),
-        _sd3_inputs,
-    ),
+    "sd3": ("SD3Transformer2DModel", _SD3, _sd3_inputs),
+    "sd3.5": ("SD3Transformer2DModel", {**_SD3, "dual_attention_layers": (0,), "qk_norm": "rms_norm"}, _sd3_inputs),
     "wan": (
         "WanTransformer3DModel",
         dict(

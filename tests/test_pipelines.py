@@ -13,6 +13,7 @@ from test_layouts import _build  # noqa: E402
 from l2c.cache.layout import describe, sublayers  # noqa: E402
 from l2c.cache.plan import COMPUTE, REUSE, CachePlan  # noqa: E402
 from l2c.integrations.diffusers import apply  # noqa: E402
+from l2c.jobs.flux_sampling import flux_pipeline  # noqa: E402
 
 STEPS = 5
 
@@ -26,16 +27,7 @@ def _reuse_plan(num_sublayers):
 @pytest.fixture(scope="module")
 def flux_pipe():
     transformer, _ = _build("flux")
-    pipe = diffusers.FluxPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=transformer,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = flux_pipeline(transformer, diffusers.FlowMatchEulerDiscreteScheduler())
     return pipe
 
 

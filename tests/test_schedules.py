@@ -221,7 +221,7 @@ def test_budget_mask_takes_the_best_cells_that_fit():
 
 def test_forecast_form_flag_reaches_the_router_file(tmp_path, capsys):
     out = tmp_path / "n.safetensors"
-    args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out), "--target-speedup", "2"]
+    args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out), "--target-macs", "0.5"]
     assert main(["train-router", *args, "--search-rounds", "0", "--forecast-form", "taylorseer"]) == 0
     router, meta = load_router(out)
     assert meta["form"] == "taylorseer" and router_plan(router, meta).form == "taylorseer"

@@ -9,6 +9,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from l2c.cache.layout import sublayers  # noqa: E402
 from l2c.cache.plan import COMPUTE, FORECAST1, CachePlan  # noqa: E402
+from l2c.jobs.flux_sampling import flux_pipeline  # noqa: E402
 from l2c.jobs.workload import FluxWorkload  # noqa: E402
 from l2c.sampling.flow_matching import DiffusersFlowMatchEuler  # noqa: E402
 from l2c.training.schedule_search import TrajectoryError  # noqa: E402
@@ -35,18 +36,10 @@ def _workload(cfg=2.0):
 
 def _packed_flux():
     # FluxPipeline packs a C-channel latent into 4C-channel tokens: a 16-channel transformer for a 4-channel latent.
+    from test_layouts import MODELS
+
     torch.manual_seed(0)
-    model = diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    ).eval()
+    model = diffusers.FluxTransformer2DModel(**{**MODELS["flux"][1], "in_channels": 16, "num_layers": 1}).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
@@ -60,16 +53,7 @@ def test_a_workload_run_equals_flux_pipeline():
         x = workload.noise(seeds)
         denoise, copies = workload.denoiser(torch.tensor([0, 2]))
         ours = workload.sampler.sample(denoise, x)
-    pipe = diffusers.FluxPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=workload.model,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = flux_pipeline(workload.model, diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
     p = _prompts()
     theirs = pipe(
         prompt_embeds=p["prompt_embeds"][[0, 2]],
