@@ -89,7 +89,9 @@ def test_train_router_searches_a_flux_folder_and_apply_runs_the_schedule(folder,
     assert meta["arch"] == "FluxTransformer2DModel" and meta["sampler"] == "diffusers-flowmatch-euler"
     assert router.logits.shape == (4, len(describe(_packed_flux())))
     assert main(["router", "show", str(out)]) == 0
-    assert "stored at the peak:" in capsys.readouterr().out  # recorded at training: no preset needed
+    shown = capsys.readouterr().out
+    assert "stored at the peak:" in shown  # recorded at training: no preset needed
+    assert "context MLP" in shown and "fused" in shown  # the kinds recorded at training, not a guess
     transformer = diffusers.FluxTransformer2DModel.from_pretrained(folder / "transformer")
     pipe = flux_pipeline(transformer, diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
     g = torch.Generator().manual_seed(0)

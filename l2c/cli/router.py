@@ -84,6 +84,11 @@ def run_show(args) -> int:
             raise ValueError(
                 f"router has {router.num_sublayers} sub-layers per step, {model} has {len(macs.sublayer_linear)}"
             )
+    if layout is None and "sublayers" in meta:  # recorded at training: kinds and blocks without the model
+        from ..cache.layout import Sublayer
+
+        recorded = meta["sublayers"]
+        layout = [Sublayer(name, kind, block, name.rsplit(".", 1)[-1], None, ()) for name, kind, block in recorded]
     from ..router.budget import router_plan
 
     summary = router_summary(router, threshold, macs, router_plan(router, meta, threshold), layout)

@@ -227,6 +227,8 @@ def train_schedule_job(
         # for `router show` without the model at hand (a diffusers folder has no preset to profile)
         "macs_per_image_uncached_linear": mac_profile.full() * plan.num_steps,
         "stored_bytes_peak_per_image": plan_peak_bytes(plan, mac_profile.sublayer_outputs, 1, _element_size(model)),
+        # the model's sub-layers (name, kind, block), so reports need not guess them without the model
+        "sublayers": [[sub.name, sub.kind, sub.block] for sub in describe(model)],
     }
     if cost is not None:  # the measured cost model, and what it predicts for this plan
         router_meta.update(target_time=config.target_macs, predicted_time=met, cost=cost[1])
