@@ -10,24 +10,15 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from test_layouts import MODELS  # noqa: E402
+
 from l2c.jobs.flux_sampling import class_prompts, flux_denoiser, flux_pipeline, sample_flux_mnist  # noqa: E402
 from l2c.models import flux_mnist  # noqa: E402
 from l2c.sampling import SAMPLERS, make_sampler  # noqa: E402
 from l2c.sampling.diffusion import DiffusionSpec  # noqa: E402
 from l2c.sampling.flow_matching import DiffusersFlowMatchEuler, calculate_shift  # noqa: E402
 
-# diffusers' own FluxTransformer2DModel test config
-TINY_FLUX = dict(
-    patch_size=1,
-    in_channels=4,
-    num_layers=2,
-    num_single_layers=2,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=32,
-    pooled_projection_dim=32,
-    axes_dims_rope=[4, 4, 8],
-)
+TINY_FLUX = MODELS["flux"][1]  # diffusers' own FluxTransformer2DModel test config
 FLUX_SCHEDULER = dict(flux_mnist.SCHEDULER_CONFIG)  # FLUX.1's: dynamic shift
 FIXED_SHIFT = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)  # SD3's
 

@@ -25,17 +25,9 @@ KINDS = ["joint_attn", "mlp", "mlp_context", "fused", "fused"]
 @pytest.fixture(scope="module")
 def flux():
     torch.manual_seed(0)
-    model = diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    ).eval()
+    from test_layouts import MODELS
+
+    model = diffusers.FluxTransformer2DModel(**{**MODELS["flux"][1], "num_layers": 1}).eval()
     with torch.no_grad():  # non-zero gates, so that every sub-layer's output changes over time
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.3)

@@ -75,13 +75,6 @@ def measure_time_profile(model: nn.Module, call, sublayer_outputs: list[float], 
     total = statistics.median(totals)
     always = max(0.0, total - sum(per_sublayer))
     per_pass = element_pass_seconds(int(max(sublayer_outputs)) * batch, next(model.parameters()).dtype, device)
-    # per image: the budget is a fraction, so dividing every part by the batch changes nothing but the units
-    profile = MacProfile(
-        [t / batch for t in per_sublayer],
-        [0.0] * len(subs),
-        always / batch,
-        [n * per_pass for n in sublayer_outputs],
-    )
     record = {
         "device": str(device),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -91,6 +84,7 @@ def measure_time_profile(model: nn.Module, call, sublayer_outputs: list[float], 
         "sublayer_s": per_sublayer,
         "pass_s_per_element": per_pass,
     }
+    profile = profile_from_record(record, sublayer_outputs)
     return profile, record
 
 
@@ -117,7 +111,8 @@ def element_pass_seconds(elements: int, dtype: torch.dtype, device, repeats: int
 
 
 def profile_from_record(record: dict, sublayer_outputs: list[float]) -> MacProfile:
-    """The profile a router file recorded (measure_time_profile's record), for predictions without measuring."""
+    """The profile of a measure_time_profile record (as a router file keeps it), per image: the budget is a
+    fraction, so dividing every part by the batch changes nothing but the units."""
     batch = record["batch"]
     return MacProfile(
         [t / batch for t in record["sublayer_s"]],

@@ -220,10 +220,12 @@ def zeros_of(shapes, runner: RunPlan):
 
 
 def signature(args, kwargs) -> tuple:
-    """The shapes of a call's tensor arguments (host-side metadata: no device sync)."""
-    shapes = [a.shape for a in args if isinstance(a, torch.Tensor)]
-    shapes += [v.shape for v in kwargs.values() if isinstance(v, torch.Tensor)]
-    return tuple(shapes)
+    """The shapes of a call's tensor arguments (host-side metadata: no device sync). Called on every sub-layer call:
+    one tuple, no intermediate lists."""
+    shapes = tuple(a.shape for a in args if isinstance(a, torch.Tensor))
+    if kwargs:
+        shapes += tuple(v.shape for v in kwargs.values() if isinstance(v, torch.Tensor))
+    return shapes
 
 
 def plan_rows(plan: CachePlan) -> list[tuple]:
