@@ -26,6 +26,7 @@ from l2c.cache.plan import CachePlan, cache_steps_for  # noqa: E402
 from l2c.jobs.generate import SampleConfig, generate  # noqa: E402
 from l2c.jobs.loading import load_for_sampling  # noqa: E402
 from l2c.jobs.timing import device_name, time_runs  # noqa: E402
+from l2c.router.budget import router_plan  # noqa: E402
 from l2c.router.files import load_router  # noqa: E402
 from l2c.router.report import plan_macs  # noqa: E402
 from l2c.utils.cpu_memory import keep_freed_memory  # noqa: E402
@@ -59,7 +60,7 @@ def make_plan(args, model) -> CachePlan:
     L = len(sublayers(model))
     if args.router:
         router, meta = load_router(args.router)
-        return router.to_plan(args.threshold if args.threshold is not None else meta.get("threshold", 0.5))
+        return router_plan(router, meta, args.threshold)  # a schedule's forecasts included
     g = torch.Generator().manual_seed(0)
     compute = torch.ones(args.steps, L, dtype=torch.bool)
     for s in cache_steps_for("shifted" if args.sampler == "dpm-solver-2" else "alternate", args.steps):
