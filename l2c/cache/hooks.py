@@ -8,7 +8,8 @@ back to the host.
 * Bypass:  compute, store nothing (the teacher in router training; the engine's state when there is no plan).
 * Record:  compute every sub-layer and store every output, detached (the full evaluation before a cache step).
 * Blend:   router training, the paper's Eq. 6 with α = 1: β·fresh + (1 − β)·recorded (gradients reach β only).
-* RunPlan: sampling with a CachePlan: compute, reuse, forecast or drop, storing only what later evaluations read.
+* RunPlan: sampling with a CachePlan: compute, reuse, forecast (Taylor / Newton, or FoCa) or drop, storing only what
+           later evaluations read.
 
 A sub-layer's output is a tensor or a tuple of tensors (a joint attention's (image, text) pair): every behaviour maps
 over the tuple and returns the same structure.
@@ -21,9 +22,9 @@ from typing import NamedTuple
 import torch
 
 from .forecast import map_output, new_history
-from .plan import COMPUTE, DROP, FORECAST1, FORECAST2, REUSE, CachePlan
+from .plan import COMPUTE, DROP, FOCA, FORECAST1, FORECAST2, REUSE, CachePlan
 
-_FORECAST_ORDER = {FORECAST1: 1, FORECAST2: 2}
+_FORECAST_ORDER = {FORECAST1: 1, FORECAST2: 2, FOCA: "foca"}
 
 
 class _Shape(NamedTuple):
@@ -77,6 +78,7 @@ class RunPlan:
         self.keep = plan.history_orders().tolist()
         self.release = _last_reads(plan)
         self.newton = plan.form == "newton"
+        self.positions = None if plan.positions is None else [float(p) for p in plan.positions]
         self.histories: dict[tuple, object] = {}  # SublayerHistory, or TupleHistory for tuple outputs
         # The input shapes each stored output was computed from: a call with other shapes (a batch or a sequence
         # length that changed mid-run) computes instead of reusing a stale tensor.
@@ -187,7 +189,7 @@ class RunPlan:
             return
         history = self.histories.get(key)
         if history is None:
-            history = self.histories[key] = new_history(out, self.newton)
+            history = self.histories[key] = new_history(out, self.newton, self.positions)
         before = history.nbytes()
         history.push(out, step, want)
         self._grow(history.nbytes() - before)

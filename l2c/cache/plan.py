@@ -8,10 +8,15 @@ singlestep an outer step is two evaluations) and L sub-layers in router order. E
 * FORECAST1: extrapolate its last two computed outputs linearly (Taylor / Newton order 1).
 * FORECAST2: extrapolate its last three computed outputs with a quadratic (order 2; see `form`).
 * DROP:      the sub-layer contributes zero (Learning-to-Drop; a baseline, not a cache action).
+* FOCA:      FoCa's predictor-corrector (a BDF2 step Heun-corrected against the last computed slope, recursive across
+             the evaluations not computed; l2c.cache.forecast): order-1 history plus one slope buffer.
 
 `CachePlan(compute)` with a boolean (S, L) tensor is the paper's form (False = reuse); `CachePlan.from_actions`
 takes an integer tensor of the constants above. Evaluation 0 must compute everything. A forecast falls back to a
 lower order (down to reuse) while the sub-layer has not yet been computed often enough.
+
+Positions: by default evaluation j sits at j. `positions` (one number per evaluation, monotone: the sampler's t, σ
+or log-SNR, l2c.cache.positions) measures every forecast gap in the sampler's own variable instead.
 
 Forecast forms, with f0, f1, f2 the outputs of the last computed evaluations j0 > j1 > j2 and k = j - j0:
 * "newton":     the interpolating polynomial through the points (Newton divided differences, exact for any gaps):
@@ -23,17 +28,19 @@ Forecast forms, with f0, f1, f2 the outputs of the last computed evaluations j0 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .layout import ATTENTION_KINDS, pair_kinds
 
-COMPUTE, REUSE, FORECAST1, FORECAST2, DROP = 0, 1, 2, 3, 4
-ACTION_NAMES = ("compute", "reuse", "forecast1", "forecast2", "drop")
+COMPUTE, REUSE, FORECAST1, FORECAST2, DROP, FOCA = 0, 1, 2, 3, 4, 5
+ACTION_NAMES = ("compute", "reuse", "forecast1", "forecast2", "drop", "foca")
 FORECAST_FORMS = ("newton", "taylorseer")
 # What a non-computed action reads from the sub-layer's history: -1 nothing, 0 the last output, p differences.
-_READS = {REUSE: 0, FORECAST1: 1, FORECAST2: 2, DROP: -1}
+_READS = {REUSE: 0, FORECAST1: 1, FORECAST2: 2, DROP: -1, FOCA: 1}
+_FORECASTS = (FORECAST1, FORECAST2, FOCA)
 
 
 def cache_steps_for(schedule: str, num_steps: int) -> list[int]:
@@ -57,12 +64,15 @@ class CachePlan:
     actions: torch.Tensor | None = None  # int8 (S, L) of COMPUTE / REUSE / ...; None: reuse wherever not computed
     form: str = "newton"  # forecast form: "newton" or "taylorseer" (see the module docstring)
     max_skip: int | None = None  # cap on consecutive non-computed evaluations of one sub-layer (None: no cap)
+    positions: tuple[float, ...] | None = None  # each evaluation's position for forecasts (None: its index)
 
     def __post_init__(self):
         self.compute = torch.as_tensor(self.compute, dtype=torch.bool).cpu()
         if self.actions is None:
             self.actions = torch.where(self.compute, COMPUTE, REUSE)
         self.actions = torch.as_tensor(self.actions).to(torch.int8).cpu()
+        if self.positions is not None:
+            self.positions = tuple(float(p) for p in self.positions)
         self.validate()
 
     def validate(self) -> None:
@@ -76,13 +86,14 @@ class CachePlan:
         if self.form not in FORECAST_FORMS:
             raise ValueError(f"unknown forecast form {self.form!r}; use one of {FORECAST_FORMS}")
         self._check_cap()
+        self._check_positions()
 
     def _check_actions(self) -> None:
         if self.actions.shape != self.compute.shape:
             raise ValueError(f"actions {tuple(self.actions.shape)} and compute {tuple(self.compute.shape)} differ")
-        bad = (self.actions < COMPUTE) | (self.actions > DROP)
+        bad = (self.actions < COMPUTE) | (self.actions > FOCA)
         if bool(bad.any()):
-            raise ValueError(f"unknown action {int(self.actions[bad][0])}; use 0..4 ({', '.join(ACTION_NAMES)})")
+            raise ValueError(f"unknown action {int(self.actions[bad][0])}; use 0..5 ({', '.join(ACTION_NAMES)})")
         if not torch.equal(self.actions == COMPUTE, self.compute):
             raise ValueError("`compute` must be exactly the cells whose action is COMPUTE (use CachePlan.from_actions)")
 
@@ -100,11 +111,27 @@ class CachePlan:
                 f"over the plan's cap max_skip={self.max_skip}"
             )
 
+    def _check_positions(self) -> None:
+        if self.positions is None:
+            return
+        p = self.positions
+        if len(p) != self.num_steps:
+            raise ValueError(f"{len(p)} positions for a plan of {self.num_steps} evaluations")
+        gaps = [b - a for a, b in zip(p, p[1:])]
+        if not all(math.isfinite(v) for v in p) or not (all(g > 0 for g in gaps) or all(g < 0 for g in gaps)):
+            raise ValueError("forecast positions must be finite and strictly monotone (one per evaluation)")
+
+    def at(self, positions) -> "CachePlan":
+        """This plan with forecasts positioned at `positions` (one per evaluation; None: the evaluation index)."""
+        return CachePlan(self.compute, self.actions, self.form, self.max_skip, positions)
+
     @classmethod
-    def from_actions(cls, actions, form: str = "newton", max_skip: int | None = None) -> "CachePlan":
-        """A plan from an integer (S, L) tensor of COMPUTE / REUSE / FORECAST1 / FORECAST2 / DROP."""
+    def from_actions(
+        cls, actions, form: str = "newton", max_skip: int | None = None, positions=None
+    ) -> "CachePlan":
+        """A plan from an integer (S, L) tensor of COMPUTE / REUSE / FORECAST1 / FORECAST2 / DROP / FOCA."""
         actions = torch.as_tensor(actions).to(torch.int8)
-        return cls(actions == COMPUTE, actions, form, max_skip)
+        return cls(actions == COMPUTE, actions, form, max_skip, positions)
 
     @classmethod
     def full(cls, num_steps: int, num_sublayers: int) -> "CachePlan":
@@ -120,7 +147,7 @@ class CachePlan:
 
     @property
     def forecasts(self) -> bool:
-        return bool((self.actions == FORECAST1).any() or (self.actions == FORECAST2).any())
+        return any(bool((self.actions == a).any()) for a in _FORECASTS)
 
     def skip_runs(self) -> torch.Tensor:
         """(S, L) int: how many evaluations in a row the sub-layer has not been computed, counting this one."""
@@ -154,7 +181,9 @@ class CachePlan:
         """(order of each forecast cell as executed, differences updated at each computed cell), both (S, L).
 
         A forecast of order p right after the c-th computation of its sub-layer runs at order min(p, c - 1):
-        until enough points exist it falls back to a lower order, order 0 being a plain reuse.
+        until enough points exist it falls back to a lower order, order 0 being a plain reuse. A FoCa cell counts
+        its terms (1, or 2 once it holds its own slope S), and a computation after FoCa values 2 more for updating S
+        (l2c.cache.forecast.SublayerHistory).
         """
         need = self.history_orders().tolist()
         actions = self.actions.tolist()
@@ -162,11 +191,17 @@ class CachePlan:
         updated = torch.zeros(self.compute.shape, dtype=torch.long)
         for sub in range(self.num_sublayers):
             held = -1  # differences held in the history (-1: no history)
+            rolled = slope = False  # a FoCa value since the last computation; S held apart from F1
             for j in range(self.num_steps):
                 action = actions[j][sub]
                 if action == COMPUTE:
                     held = min(need[j][sub], held + 1)
-                    updated[j, sub] = max(held, 0)
+                    slope = held >= 1 and rolled
+                    updated[j, sub] = max(held, 0) + 2 * slope
+                    rolled = False
+                elif action == FOCA:
+                    if held >= 1:
+                        used[j, sub], rolled = 1 + slope, True
                 elif action in (FORECAST1, FORECAST2):
                     used[j, sub] = min(_READS[action], held)
         return used, updated

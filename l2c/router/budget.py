@@ -2,7 +2,7 @@
 
 A schedule router holds one score per (evaluation, sub-layer) for every evaluation after the first (its cache steps
 are 1 .. E − 1) and names, in its file, what a cell that is not computed does (`action`: reuse, forecast1 or
-forecast2, one for all sub-layers or a list with one per sub-layer, as the schedule search chooses them). At
+forecast2 or foca, one for all sub-layers or a list with one per sub-layer, as the schedule search chooses them). At
 export the computed cells are taken in order of score until the plan's MACs — counted exactly, forecasting
 arithmetic included — reach the target; the threshold θ between the last taken and the first left score is stored.
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from ..cache.macs import MacProfile
-from ..cache.plan import COMPUTE, FORECAST1, FORECAST2, REUSE, CachePlan
+from ..cache.plan import COMPUTE, FOCA, FORECAST1, FORECAST2, REUSE, CachePlan
 from .router import Router
 
-ACTION_CODES = {"reuse": REUSE, "forecast1": FORECAST1, "forecast2": FORECAST2}
+ACTION_CODES = {"reuse": REUSE, "forecast1": FORECAST1, "forecast2": FORECAST2, "foca": FOCA}
 
 
 def schedule_plan(

@@ -29,8 +29,9 @@ import torch
 
 from ..cache.layout import group_by_block, pairs
 from ..cache.macs import MacProfile
-from ..cache.plan import COMPUTE, FORECAST1, FORECAST2, REUSE, CachePlan
+from ..cache.plan import COMPUTE, FOCA, FORECAST1, FORECAST2, REUSE, CachePlan
 from ..utils.progress import progress_bar
+from .deadline import NEVER, Deadline
 from .trajectory_error import TrajectoryError, per_image_mse  # noqa: F401  (per_image_mse: re-exported)
 
 
@@ -51,12 +52,13 @@ def refine(
     check: TrajectoryError | None = None,
     start_error: float | None = None,
     blocks: list[list[int]] | None = None,
+    deadline: Deadline = NEVER,
 ) -> tuple[torch.Tensor, SearchTrace]:
     """Improve an (E, L) action table by budget-neutral moves; returns it and the errors after each kept move.
     A move is kept when it lowers `error` and, given `check` (other held-out noise), lowers that too. Moves that break
     the skip cap are not tried. `start_error`: `error` of the start, when the caller has measured it already.
     `blocks`: the sub-layer indices of each block (l2c.cache.layout.group_by_block of the model's sub-layer blocks;
-    default: our DiT / U-ViT order, two per block)."""
+    default: our DiT / U-ViT order, two per block). `deadline`: stop, with the table kept so far, once it passes."""
     actions = actions.clone()
     trace = SearchTrace()
     if not bool((actions != COMPUTE).any()):
@@ -69,9 +71,11 @@ def refine(
     trace.errors.append(best)
     if check is not None:
         trace.checks.append(best_check)
-    for _ in range(rounds):
+    for r in range(rounds):
         improved = False
         for candidate in progress_bar(list(_moves(actions, blocks)), desc="schedule search", disable=not progress):
+            if deadline.passed(f"round {r + 1} of the moves"):
+                return actions, trace
             try:
                 plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)
             except ValueError:  # over the cap
@@ -105,12 +109,15 @@ def trim_to_budget(
     max_skip: int | None = None,
     progress: bool = True,
     blocks: list[list[int]] | None = None,
-) -> tuple[torch.Tensor, float]:
+    deadline: Deadline = NEVER,
+) -> tuple[torch.Tensor, float | None]:
     """Remove block computations (all sub-layers of a block at one evaluation after the first) one at a time, each
     time the one whose removal raises the error least, until the plan costs at most `target` of the uncached MACs;
     returns the trimmed table and its error. Removed cells do `skipped`. A start for budgets just under a TaylorSeer
     interval: on dit-mnist DDIM-20 the even spread of 9 evaluations at 0.50 lost 5 dB to every other evaluation at
-    0.51. `blocks`: the sub-layer indices of each block (as for `refine`)."""
+    0.51. `blocks`: the sub-layer indices of each block (as for `refine`). Once `deadline` passes, the best removal
+    measured in the pass under way is taken, and after it the first the skip cap allows, unmeasured, until the plan
+    fits: the table returned meets the budget, and its error is None."""
     actions, value = actions.clone(), None
     E, L = actions.shape
     blocks = group_by_block(pairs(L)) if blocks is None else blocks
@@ -119,17 +126,26 @@ def trim_to_budget(
         best, best_value = None, float("inf")
         cells = [(j, cols) for j in range(1, E) for cols in blocks if bool((actions[j, cols] == COMPUTE).all())]
         for j, cols in progress_bar(cells, desc="trimming to the budget", disable=not progress):
+            late = deadline.passed("the trimmed start")
+            if late and best is not None:
+                break
             candidate = actions.clone()
             candidate[j, cols] = skipped
             try:
-                value = error(CachePlan.from_actions(candidate, form=form, max_skip=max_skip))
+                plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)
             except ValueError:  # over the skip cap
                 continue
+            if late:  # no time to measure: the first removal the cap allows
+                best, best_value = candidate, None
+                break
+            value = error(plan)
             if value < best_value:
                 best, best_value = candidate, value
         if best is None:
             raise ValueError(f"no block computation can be removed to reach {target:.3f} of the MACs")
         actions, value = best, best_value
+    if deadline.passed("the trimmed start"):
+        return actions, None
     if value is None:  # within the budget already
         value = error(CachePlan.from_actions(actions, form=form, max_skip=max_skip))
     return actions, value
@@ -144,6 +160,7 @@ def grow_to_budget(
     max_skip: int | None = None,
     progress: bool = True,
     check: TrajectoryError | None = None,
+    deadline: Deadline = NEVER,
 ) -> tuple[torch.Tensor, float, list[int], str]:
     """Add whole evaluations to a plan one at a time, each time the one that lowers the error most, while one still
     fits within `target` of the uncached MACs and the best addition lowers the error (and, given `check`, the check
@@ -152,7 +169,7 @@ def grow_to_budget(
     lost 2 dB to N = 3 alone at 0.35 (docs/benchmarks.md) — an evaluation is added only where the held-out error says
     it helps, so the rest of the budget may stay unspent. The last value says why the growth stopped: "budget" (no
     whole evaluation more fits), "error" (none that fits lowers the error) or "check" (the best did not lower the
-    check error)."""
+    check error), or "time" (`deadline` passed)."""
     actions = actions.clone()
     plan = CachePlan.from_actions(actions, form=form, max_skip=max_skip)
     value = error(plan)
@@ -162,7 +179,11 @@ def grow_to_budget(
         _resume_from(error, plan)
         _resume_from(check, plan)
         rows = [(j, j) for j in range(1, len(actions)) if not bool((actions[j] == COMPUTE).all())]
-        found = _best_addition(actions, rows, error, macs, target, form, max_skip, "growing to the budget", progress)
+        found = _best_addition(
+            actions, rows, error, macs, target, form, max_skip, "growing to the budget", progress, deadline
+        )
+        if deadline.passed("the grown start"):
+            return actions, value, added, "time"
         if found is None:
             return actions, value, added, "budget"
         best, best_value, best_row = found
@@ -187,6 +208,7 @@ def fill_budget(
     max_skip: int | None = None,
     progress: bool = True,
     blocks: list[list[int]] | None = None,
+    deadline: Deadline = NEVER,
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Spend what a plan leaves of its budget: add block computations (all sub-layers of a block at one evaluation)
     one at a time, each time the one with the lowest error, whether or not it lowers the error, until none fits within
@@ -207,8 +229,10 @@ def fill_budget(
             for b, cols in enumerate(blocks)
             if not bool((actions[j, cols] == COMPUTE).all())
         ]
-        found = _best_addition(actions, cells, error, macs, target, form, max_skip, "filling the budget", progress)
-        if found is None:
+        found = _best_addition(
+            actions, cells, error, macs, target, form, max_skip, "filling the budget", progress, deadline
+        )
+        if found is None or deadline.passed("the fill"):
             return actions, added
         best, _, best_cell = found
         actions = best
@@ -226,6 +250,7 @@ def fill_within_evaluation(
     check: TrajectoryError | None = None,
     start_error: float | None = None,
     start_check: float | None = None,
+    deadline: Deadline = NEVER,
 ) -> tuple[torch.Tensor, dict]:
     """Spend the rest of the budget (when less than a whole evaluation is left: where growth by whole evaluations
     stops) on sub-layers of one evaluation: the one whose whole computation lowers the error most, measured whole
@@ -236,7 +261,7 @@ def fill_within_evaluation(
     sub-layers (about 40 + 12 candidates at dit-mnist DDIM-50, against a pass over 200-300 blocks per block added
     for fill_budget), and a sub-layer is the smallest unit a plan has, so the rest left is under one sub-layer.
     `start_error` / `start_check`: `error` / `check` of `actions`, when the caller has measured them already (the
-    search's last kept values)."""
+    search's last kept values). Once `deadline` passes, the plan is returned unfilled."""
     start = CachePlan.from_actions(actions, form=form, max_skip=max_skip)
     before = error(start) if start_error is None else start_error
     record = {"evaluation": None, "sublayers": [], "error_before": before, "error_after": before, "kept": False}
@@ -244,10 +269,15 @@ def fill_within_evaluation(
     if not rows:
         return actions, record
     _resume_from(error, start)
-    whole = _each_added(actions, [(j, j) for j in rows], error, form, max_skip, "filling: which evaluation", progress)
+    units = [(j, j) for j in rows]
+    whole = _each_added(actions, units, error, form, max_skip, "filling: which evaluation", progress, deadline)
+    if deadline.passed("the fill"):
+        return actions, record
     row = whole[0][1]
     cells = [(l, (row, l)) for l in range(actions.shape[1]) if int(actions[row, l]) != COMPUTE]
-    ranked = _each_added(actions, cells, error, form, max_skip, "filling: its sub-layers", progress)
+    ranked = _each_added(actions, cells, error, form, max_skip, "filling: its sub-layers", progress, deadline)
+    if deadline.passed("the fill"):
+        return actions, record
     filled, added = actions.clone(), []
     for _, l in ranked:
         candidate = filled.clone()
@@ -269,22 +299,31 @@ def fill_within_evaluation(
     return (filled if kept else actions), record
 
 
-def _each_added(actions, units, error, form, max_skip, desc: str, progress: bool) -> list[tuple[float, object]]:
+def _each_added(
+    actions, units, error, form, max_skip, desc: str, progress: bool, deadline: Deadline = NEVER
+) -> list[tuple[float, object]]:
     """(error, name) of `actions` with each of `units` ((name, index into the table)) computed as well, whatever it
-    costs, lowest error first."""
+    costs, lowest error first (those measured before `deadline` passed)."""
     measured = []
     for name, index in progress_bar(units, desc=desc, disable=not progress):
+        if deadline.passed("the fill"):
+            break
         candidate = actions.clone()
         candidate[index] = COMPUTE
         measured.append((error(CachePlan.from_actions(candidate, form=form, max_skip=max_skip)), name))
     return sorted(measured, key=lambda pair: pair[0])
 
 
-def _best_addition(actions, units, error, macs: MacProfile, target: float, form, max_skip, desc: str, progress: bool):
+def _best_addition(
+    actions, units, error, macs: MacProfile, target: float, form, max_skip, desc: str, progress: bool, deadline=NEVER
+):
     """Of the tables that compute what `actions` computes plus one of `units` ((name, index into the table)) within
-    `target` of the uncached MACs, the one with the lowest error, as (table, error, name); None when none fits."""
+    `target` of the uncached MACs, the one with the lowest error, as (table, error, name); None when none fits (of
+    those measured before `deadline` passed)."""
     best = None
     for name, index in progress_bar(units, desc=desc, disable=not progress):
+        if deadline.passed(desc):
+            break
         candidate = actions.clone()
         candidate[index] = COMPUTE
         plan = CachePlan.from_actions(candidate, form=form, max_skip=max_skip)  # computing more keeps the cap
@@ -303,7 +342,9 @@ def _resume_from(error, plan: CachePlan) -> None:
         adopt(plan)
 
 
-_LOWER = {FORECAST2: (FORECAST1, REUSE), FORECAST1: (REUSE,), REUSE: ()}
+# A sub-layer's other actions the moves try: the lower orders, and FoCa's predictor-corrector (same history as order
+# 1 plus one slope buffer) in either direction.
+_LOWER = {FORECAST2: (FORECAST1, REUSE, FOCA), FORECAST1: (REUSE, FOCA), FOCA: (FORECAST1, REUSE), REUSE: ()}
 
 
 def _moves(actions: torch.Tensor, blocks: list[list[int]] | None = None):
