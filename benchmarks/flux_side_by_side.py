@@ -649,7 +649,7 @@ def table(rows: list[dict]) -> str:
             f"{r['speedup']:.2f}x",
             _ci(r["fid"], r["fid_ci"], ".2f"),
             f"{100 * r['accuracy']:.1f} %",
-            _ci(r["psnr"], r["psnr_ci"], ".1f"),
+            "∞ (same images)" if r["identical_to_uncached"] else _ci(r["psnr"], r["psnr_ci"], ".1f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
