@@ -436,11 +436,13 @@ def diffusers_rows(args, bench) -> list[Method]:
         return make
 
     rows += [DiffusersHook("diffusers MagCache", f"threshold {r:g}", magcache(r)) for r in args.magcache_thresholds]
-    if args.fastercache:  # the configuration of CacheMixin.enable_cache's docstring, with FLUX's timestep
+    # The configuration of CacheMixin.enable_cache's docstring, with FLUX's timestep. is_guidance_distilled=True: its
+    # CFG part expects one batched [uncond; cond] call and would split FluxPipeline's separate "cond" batch in two.
+    if args.fastercache:
         rows.append(
             DiffusersHook(
                 "diffusers FasterCache",
-                "docs example",
+                "docs example, is_guidance_distilled=True",
                 lambda b: FasterCacheConfig(
                     spatial_attention_block_skip_range=2,
                     spatial_attention_timestep_skip_range=(-1, 681),
