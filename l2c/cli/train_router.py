@@ -197,7 +197,12 @@ def run_schedule(args) -> int:
     from ..cache.macs import profile_macs
     from ..sampling.workload import ClassWorkload
 
-    model, spec, meta = load_model(args)
+    from ..integrations.diffusers_convert import NotConvertible
+
+    try:
+        model, spec, meta = load_model(args)
+    except NotConvertible:  # a DiT trained in diffusers (an embedder per block): searched on itself
+        return _run_native_dit_schedule(args, config, cap)
     sampler = sample_config(args, model, spec).make_sampler(spec)
     macs = profile_macs(meta["preset"])
     cost = _measured_cost(args, ClassWorkload(model, sampler, args.cfg), macs)
@@ -237,4 +242,18 @@ def _run_flux_schedule(args, config, cap) -> int:
     model, sampler = workload.model, workload.sampler
     cost = _measured_cost(args, workload, macs)
     train_schedule_job(model, meta, sampler, macs, config, Path(args.out), args.max_skip, True, workload, cap, cost)
+    return 0
+
+def _run_native_dit_schedule(args, config, cap) -> int:
+    """A DiTTransformer2DModel folder our DiT cannot hold, searched on the transformer itself (DiTPipeline's loop)."""
+    from ..jobs.dit_workload import dit_macs, dit_workload
+    from ..jobs.train_schedule import train_schedule_job
+    from .errors import library_output_held
+
+    with library_output_held():
+        workload, meta = dit_workload(args.model, args.sampler, args.steps or 20, args.cfg, args.eta, args.device)
+    macs = dit_macs(workload)
+    cost = _measured_cost(args, workload, macs)
+    model, sampler, out = workload.model, workload.sampler, Path(args.out)
+    train_schedule_job(model, meta, sampler, macs, config, out, args.max_skip, True, workload, cap, cost)
     return 0

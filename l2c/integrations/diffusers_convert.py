@@ -132,6 +132,10 @@ def dit_to_diffusers(model: DiT, exact_timestep_embedding: bool = False):
 
 
 # --------------------------------------------------------------------------------------------- diffusers -> ours
+class NotConvertible(ValueError):
+    """A DiTTransformer2DModel our DiT cannot hold exactly (a schedule search then runs on it as it is)."""
+
+
 def _check_diffusers_config(cfg) -> None:
     problems = []
     if cfg.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
@@ -146,7 +150,7 @@ def _check_diffusers_config(cfg) -> None:
     if out_channels not in (cfg["in_channels"], 2 * cfg["in_channels"]):
         problems.append(f"out_channels {out_channels} for in_channels {cfg['in_channels']}")
     if problems:
-        raise ValueError("this DiTTransformer2DModel has no l2c DiT equivalent: " + "; ".join(problems))
+        raise NotConvertible("this DiTTransformer2DModel has no l2c DiT equivalent: " + "; ".join(problems))
 
 
 def _shared_embedder(sd: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
@@ -156,7 +160,7 @@ def _shared_embedder(sd: dict[str, torch.Tensor], num_layers: int) -> dict[str, 
     for i in range(1, num_layers):
         for name in names:
             if not torch.equal(sd[f"transformer_blocks.{i}.{name}"], shared[name]):
-                raise ValueError(
+                raise NotConvertible(
                     f"block {i}'s {name} differs from block 0's: DiT shares one timestep / label embedder, "
                     "so this model (fine-tuned per block?) cannot be converted exactly"
                 )
@@ -287,12 +291,14 @@ def load_diffusers_folder(path: str | Path, as_dit: bool = True):
     if (root / L2C_META).is_file():
         info = json.loads((root / L2C_META).read_text())
         preset, diffusion = info.get("preset"), info.get("diffusion", diffusion)
-    model = diffusers_to_dit(transformer)
+    # as_dit=False leaves the transformer as it is: a DiT trained in diffusers (an embedder per block) has no l2c
+    # DiT equivalent, and l2c.jobs.dit_workload drives it on itself.
+    model = diffusers_to_dit(transformer) if as_dit else None
     weights = sorted(root.glob("*.safetensors")) or sorted(root.glob("*.bin"))
     meta = {
         "path": str(weights[0]) if weights else None,
         "folder": str(path),
-        "preset": preset or _preset_of(model),
+        "preset": preset or (_preset_of(model) if as_dit else None),
         "diffusion": {**diffusion, "scheduler_config": scheduler_config},
     }
     return (model if as_dit else transformer), meta
