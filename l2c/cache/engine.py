@@ -133,9 +133,13 @@ class CacheEngine(SublayerHooks):
         plan:  a CachePlan for sampling (validated against the model before anything is attached), or None for an
                engine that passes through unless switched with recording() / blending() / bypassed().
         mode:  accepted for older callers only: "hard" (run the plan) or "off" (pass through).
+        grouped: forecast sub-layers with identical plan columns as one tensor from shared flat buffers
+               (l2c.cache.grouped); the outputs are those of the per-sub-layer form.
     """
 
-    def __init__(self, model: nn.Module, plan: CachePlan | None = None, mode: str | None = None):
+    def __init__(
+        self, model: nn.Module, plan: CachePlan | None = None, mode: str | None = None, grouped: bool = False
+    ):
         super().__init__(model)
         if mode not in (None, "hard", "off"):
             raise ValueError(
@@ -146,7 +150,7 @@ class CacheEngine(SublayerHooks):
             self._check_plan(plan)
         self.plan = plan
         self.outputs: dict[tuple[int, int], torch.Tensor] = {}  # recorded outputs that blending reads
-        self._runner = RunPlan(plan) if plan is not None and mode != "off" else None
+        self._runner = RunPlan(plan, grouped) if plan is not None and mode != "off" else None
         self.behaviour = self._runner or Bypass()
         self._attach()
         self._inputs: list[tuple[nn.Module, object, object]] = []  # (module, saved forward, our wrapper)

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 
 from .forecast import map_output, new_history
+from .grouped import FlatGroup, Member, plan_groups
 from .plan import COMPUTE, DROP, FOCA, FORECAST1, FORECAST2, REUSE, CachePlan
 
 _FORECAST_ORDER = {FORECAST1: 1, FORECAST2: 2, FOCA: "foca"}
@@ -69,9 +70,12 @@ class Blend:
 
 
 class RunPlan:
-    """Executes a CachePlan. `histories[(slot, index)]` holds what later evaluations of that sub-layer read."""
+    """Executes a CachePlan. `histories[(slot, index)]` holds what later evaluations of that sub-layer read.
 
-    def __init__(self, plan: CachePlan):
+    grouped: sub-layers with identical plan columns keep their histories in shared flat buffers and are forecast as
+    one tensor (l2c.cache.grouped); outputs are those of the per-sub-layer form."""
+
+    def __init__(self, plan: CachePlan, grouped: bool = False):
         self.plan = plan
         # Python lists: one list lookup per call, no tensor indexing on the hot path.
         self.actions = plan.actions.tolist()
@@ -88,8 +92,13 @@ class RunPlan:
         self.drops = bool((plan.actions == DROP).any())
         self._shapes: dict[tuple, object] = {}  # (slot, index) -> the output's structure of _Shape (for DROP)
         self._zeros: dict[_Shape, torch.Tensor] = {}
+        self.group_of = plan_groups(self.actions) if grouped else None  # per sub-layer: its group, or None
+        self.groups: dict[tuple, FlatGroup] = {}  # (slot, group) -> the live group
+        self.ungrouped: set[tuple] = set()  # (slot, group) whose members keep their own histories this run
 
     def reset(self) -> None:
+        self.groups.clear()
+        self.ungrouped.clear()
         self.histories.clear()
         self.signatures.clear()
         self._shapes.clear()
@@ -108,6 +117,7 @@ class RunPlan:
         """Continue from a snapshot() (itself kept unchanged, so it can be restored again); the memory peak counts
         from here."""
         self.histories = {key: history.copy() for key, history in state["histories"].items()}
+        self.groups.clear()  # the copies are the members' own histories
         self.signatures, self._shapes = dict(state["signatures"]), dict(state["shapes"])
         self.stored_bytes = self.peak_bytes = sum(h.nbytes() for h in self.histories.values())
 
@@ -119,6 +129,8 @@ class RunPlan:
             # Nothing stored for this call (a model call this slot has not made before: a third guidance call, a
             # second expert), or stored from other shapes (a batch or sequence length that changed mid-run): start
             # this sub-layer's history afresh from a computation, never from a stale tensor.
+            if isinstance(self.histories.get(key), Member):
+                self._split(slot, self.histories[key].group)
             self._forget(key)
             self.signatures[key] = shapes
             if action != COMPUTE:
@@ -173,9 +185,9 @@ class RunPlan:
         return terms
 
     def _forecast(self, history, step, order):
-        before = history.nbytes()
+        before = _held(history)
         out = history.forecast(step, order)
-        self._grow(history.nbytes() - before)  # the output buffer, allocated at a history's first forecast
+        self._grow(_held(history) - before)  # the output buffer, allocated at a history's first forecast
         return out
 
     def _grow(self, nbytes: int) -> None:
@@ -189,14 +201,51 @@ class RunPlan:
             return
         history = self.histories.get(key)
         if history is None:
-            history = self.histories[key] = new_history(out, self.newton, self.positions)
-        before = history.nbytes()
+            history = self.histories[key] = self._new_history(key, out)
+        before = _held(history)
         history.push(out, step, want)
-        self._grow(history.nbytes() - before)
+        self._grow(_held(history) - before)
+        if isinstance(history, Member) and not history.group.flat_ok:
+            self._split(key[0], history.group)
+
+    def _new_history(self, key, out):
+        slot, index = key
+        g = None if self.group_of is None else self.group_of[index]
+        if g is not None and (slot, g) not in self.ungrouped:
+            group = self.groups.get((slot, g))
+            if not isinstance(out, torch.Tensor):  # a tuple output: the group's members keep their own histories
+                if group is not None:
+                    self._split(slot, group)
+                self.ungrouped.add((slot, g))
+            else:
+                if group is None:
+                    group = self.groups[(slot, g)] = FlatGroup(
+                        [i for i, h in enumerate(self.group_of) if h == g], self.newton, self.positions
+                    )
+                return Member(group, index)
+        return new_history(out, self.newton, self.positions)
+
+    def _split(self, slot, group: FlatGroup) -> None:
+        """The group's members keep their own histories from now on (until the next run)."""
+        g = self.group_of[group.members[0]]
+        self.stored_bytes -= group.nbytes()
+        for index in group.members:
+            if isinstance(self.histories.get((slot, index)), Member):
+                self.histories[(slot, index)] = history = group.split(index)
+                self.stored_bytes += history.nbytes()
+        self.groups.pop((slot, g), None)
+        self.ungrouped.add((slot, g))
 
     def _forget(self, key):
         history = self.histories.pop(key, None)  # none after a computation that kept nothing (then drops)
-        if history is not None:
+        if isinstance(history, Member):
+            group = history.group
+            group.live.discard(key[1])
+            if not group.live:  # the last member read: the buffers go
+                self.stored_bytes -= group.nbytes()
+                if self.groups.get((key[0], self.group_of[key[1]])) is group:
+                    del self.groups[(key[0], self.group_of[key[1]])]
+        elif history is not None:
             self.stored_bytes -= history.nbytes()
 
     def _history(self, key, step):
@@ -207,6 +256,11 @@ class RunPlan:
                 f"sub-layer {key[1]} reuses a cached output at step {step} (model call {key[0]} of the step) "
                 f"but none is stored: run the steps in order from step 0, with the same guidance calls per step"
             ) from None
+
+
+def _held(history) -> int:
+    """Bytes a history holds; a grouped member stands for its group's buffers (counted once per change)."""
+    return history.group.nbytes() if isinstance(history, Member) else history.nbytes()
 
 
 def output_shape(out):
