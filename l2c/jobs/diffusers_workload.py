@@ -133,7 +133,7 @@ def flux_workload(
     transformer = transformer.to(device).eval().requires_grad_(False)
     latent = (transformer.config.in_channels // 4, 2 * (height // 16), 2 * (width // 16))
     sampler = DiffusersFlowMatchEuler(scheduler, steps, image_seq_len=(latent[1] // 2) * (latent[2] // 2))
-    workload = FluxWorkload(transformer, sampler, prompts, cfg, latent)
+    workload = FluxWorkload(transformer, sampler, prompts, cfg, latent, pixel_space)
     meta = {
         "model": model,
         "class": type(transformer).__name__,

@@ -117,3 +117,22 @@ def flux_denoiser(transformer, prompts: dict, cfg: float, img_ids: torch.Tensor)
         return neg + cfg * (v - neg)
 
     return denoise
+
+
+def flux_vae_decoder(folder, device="cpu"):
+    """decode(latents (N, C, H, W)) -> images (N, 3, 8H, 8W) in [-1, 1], as FluxPipeline decodes: the latents are
+    divided by the VAE's scaling_factor and shifted by its shift_factor first. `folder`: a local AutoencoderKL."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL
+
+    if not (Path(folder) / "config.json").exists():
+        raise ValueError(f"--vae {folder} is not a diffusers AutoencoderKL folder (no config.json)")
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True).to(device).eval().requires_grad_(False)
+    scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+
+    @torch.no_grad()
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return vae.decode(z.to(vae.dtype) / scale + shift, return_dict=False)[0].float()
+
+    return decode

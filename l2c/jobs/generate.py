@@ -71,9 +71,14 @@ def generate(
 
     Image i depends only on seeds[i] and classes[i], whatever the batch size. runtime_cache(model) -> an attached
     cache with wrap(denoise) and detach() that decides at run time (l2c.cache.first_block), instead of a plan.
+
+    `model` may also be a workload (l2c.jobs.workload.FluxWorkload; `spec` is then unused): its own sampler at
+    config.steps, and classes[i] picks image i's prompt (flux-mnist: its class).
     """
     if len(classes) != len(seeds):
         raise ValueError(f"{len(seeds)} seeds but {len(classes)} classes")
+    if is_workload(model):
+        return _generate_workload(model, seeds, classes, config, plan, decode, progress, runtime_cache)
     bad = [c for c in classes if not 0 <= c < model.null_class]
     if bad:
         raise ValueError(f"class labels {bad[:5]} are outside 0..{model.null_class - 1} for this model")
@@ -107,6 +112,59 @@ def generate(
                     engine,
                 )
             )
+    finally:
+        if engine is not None:
+            engine.detach()
+    x = torch.cat(out)
+    return decode(x) if decode is not None else x
+
+
+def is_workload(model) -> bool:
+    """Whether `model` is a denoising workload (l2c.jobs.workload) rather than one of our models."""
+    return hasattr(model, "denoiser") and hasattr(model, "noise")
+
+
+def network(model) -> nn.Module:
+    """The module a cache attaches to: the model itself, or a workload's transformer."""
+    return model.model if is_workload(model) else model
+
+
+def _generate_workload(workload, seeds, indices, config: SampleConfig, plan, decode, progress, runtime_cache):
+    # The same runs as the schedule search's (l2c.training.trajectory_error): the workload's noise, denoiser and
+    # sampler, with the cache engine wrapped around the denoiser.
+    if config.sampler != workload.sampler.name or config.guidance_scale != workload.cfg:
+        raise ValueError(
+            f"this workload samples with {workload.sampler.name} at guidance {workload.cfg}, not {config.sampler} at "
+            f"{config.guidance_scale}"
+        )
+    if config.compile:
+        raise ValueError("compiled sampling (--compile) runs our DiT / U-ViT, not a diffusers transformer")
+    bad = [i for i in indices if not 0 <= i < workload.num_prompts]
+    if bad:
+        raise ValueError(f"class labels {bad[:5]} are outside 0..{workload.num_prompts - 1} for this model")
+    workload = workload.with_steps(config.steps)
+    sampler = workload.sampler
+    if plan is not None and plan.num_steps != sampler.num_evaluations:
+        raise ValueError(
+            f"the cache plan has {plan.num_steps} steps but {sampler.name} with --steps {config.steps} makes "
+            f"{sampler.num_evaluations} model evaluations: use a router trained for them"
+        )
+    if plan is not None and runtime_cache is not None:
+        raise ValueError("give a cache plan or a run-time cache, not both")
+    model = workload.model
+    engine = (
+        runtime_cache(model) if runtime_cache is not None else CacheEngine(model, plan) if plan is not None else None
+    )
+    out = []
+    try:
+        batches = range(0, len(seeds), config.batch_size)
+        for start in progress_bar(batches, disable=not progress or len(batches) < 2, desc="sample"):
+            chosen = slice(start, start + config.batch_size)
+            z = workload.noise(seeds[chosen])
+            denoise, copies = workload.denoiser(torch.tensor(indices[chosen], dtype=torch.long))
+            if engine is not None:
+                denoise = engine.wrap(denoise)
+            out.append(workload.images(sampler.sample(denoise, torch.cat([z] * copies))[: len(z)]))
     finally:
         if engine is not None:
             engine.detach()

@@ -27,7 +27,7 @@ import numpy as np
 from ..utils import distributed
 from ..utils.io import atomic_output, atomic_savez, atomic_write_json, file_sha256
 from ..utils.progress import progress_bar
-from .generate import SampleConfig, generate, to_uint8
+from .generate import SampleConfig, generate, network, to_uint8
 
 
 def sample_to_npz(
@@ -182,13 +182,14 @@ def _part(parts: Path, k: int) -> Path:
 def _settings(model, spec, seeds, classes, config: SampleConfig, plan, record: dict) -> dict:
     """Every setting that changes the images, by a readable name (mismatches are reported with these names)."""
     digest = hashlib.sha256()
-    for p in model.state_dict().values():
+    net = network(model)  # a workload (FLUX) has no spec: its sampler and scheduler are in `config` and `record`
+    for p in net.state_dict().values():
         digest.update(p.detach().float().cpu().numpy().tobytes()[:4096])  # a fingerprint, not a full hash
     return {
         "format": 2,
         "model weights": digest.hexdigest(),
-        "dtype": str(next(model.parameters()).dtype),
-        **{f"diffusion {k}": v for k, v in asdict(spec).items()},  # the β schedule and how time is fed
+        "dtype": str(next(net.parameters()).dtype),
+        **{f"diffusion {k}": v for k, v in (asdict(spec).items() if spec is not None else ())},  # β schedule, time
         **{k: getattr(config, k) for k in config.__dataclass_fields__},
         "seeds": f"{len(seeds)} seeds, sha256 {hashlib.sha256(np.asarray(seeds).tobytes()).hexdigest()[:16]}",
         "classes": f"{len(classes)} labels, sha256 {hashlib.sha256(np.asarray(classes).tobytes()).hexdigest()[:16]}",

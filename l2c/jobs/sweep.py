@@ -22,7 +22,7 @@ from ..methods import Point, SweepContext, plan_macs
 from ..metrics.bootstrap import psnr_with_ci
 from ..sampling.diffusion import DiffusionSpec
 from ..utils.progress import progress_bar
-from .generate import SampleConfig, generate, to_uint8
+from .generate import SampleConfig, generate, network, to_uint8
 from .sweep_store import SweepStore
 from .timing import time_runs
 
@@ -31,8 +31,8 @@ from .timing import time_runs
 class SweepRun:
     """What every point of one sweep shares."""
 
-    model: torch.nn.Module
-    spec: DiffusionSpec
+    model: torch.nn.Module  # or a workload (l2c.jobs.workload.FluxWorkload), spec None
+    spec: DiffusionSpec | None
     ctx: SweepContext
     config: SampleConfig  # the sampler under study at its full step count; batch_size = quality batch
     seeds: list[int]
@@ -137,7 +137,7 @@ def point_latency(run: SweepRun, point: Point, reference: Point) -> dict:
     fns = {"reference": runner(reference)}
     if point is not reference:
         fns["point"] = runner(point)
-    t = time_runs(fns, repeats=run.repeats, warmup=1, device=next(run.model.parameters()).device)
+    t = time_runs(fns, repeats=run.repeats, warmup=1, device=next(network(run.model).parameters()).device)
     own = t.get("point", t["reference"])
     return {
         "latency_s": own["median_s"],

@@ -19,6 +19,8 @@ A workload holds the model the cache attaches to and the sampler, and answers tw
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..sampling.seeds import StackedRandomGenerator
@@ -36,7 +38,9 @@ class FluxWorkload:
     and for true CFG `negative_prompt_embeds` / `negative_pooled_prompt_embeds` (1 or P rows). latent: the unpacked
     latent shape (C, H, W) of one image (FluxPipeline: C = in_channels / 4, H = 2 · (height // 16))."""
 
-    def __init__(self, transformer, sampler, prompts: dict, cfg: float, latent: tuple[int, int, int]):
+    def __init__(
+        self, transformer, sampler, prompts: dict, cfg: float, latent: tuple[int, int, int], pixel_space: bool = False
+    ):
         name = type(transformer).__name__
         if name not in FLUX_FAMILY:
             raise TypeError(f"FluxWorkload drives {', '.join(FLUX_FAMILY)}, not {name}")
@@ -46,9 +50,28 @@ class FluxWorkload:
         if missing:
             raise ValueError(f"the conditioning has no {', '.join(missing)} (FluxPipeline's argument names)")
         self.model, self.sampler, self.prompts, self.cfg, self.latent = transformer, sampler, prompts, cfg, latent
+        self.pixel_space = pixel_space  # flux-mnist: its latents are pixels rearranged 2x2 (images() undoes that)
         from ..models.flux_mnist import image_ids  # FluxPipeline's RoPE positions of the packed tokens
 
         self.img_ids = image_ids(latent[1], latent[2], dtype=transformer.dtype)
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.prompts["prompt_embeds"])
+
+    def with_steps(self, steps: int) -> FluxWorkload:
+        """The same workload sampled with `steps` steps (a fresh copy of the scheduler: set_timesteps changes it)."""
+        if steps == self.sampler.num_steps:
+            return self
+        sampler = type(self.sampler)(copy.deepcopy(self.sampler.scheduler), steps, self.sampler.image_seq_len)
+        return FluxWorkload(self.model, sampler, self.prompts, self.cfg, self.latent, self.pixel_space)
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """Final packed samples (N, T, 4C) -> latents (N, C, H, W); for flux-mnist pixels (N, 1, 28, 28) in [-1, 1]."""
+        from ..models.flux_mnist import latents_to_pixels, unpack_latents
+
+        z = unpack_latents(x.float(), self.latent[1], self.latent[2])
+        return latents_to_pixels(z) if self.pixel_space else z
 
     def noise(self, seeds: list[int]) -> torch.Tensor:
         from ..models.flux_mnist import pack_latents
