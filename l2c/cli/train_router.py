@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_args, add_sampler_args, advanced, load_model, sample_config
+from .common import (
+    add_conditioning_arg,
+    add_model_args,
+    add_sampler_args,
+    advanced,
+    is_flux,
+    load_model,
+    load_workload,
+    sample_config,
+)
 
 HELP = "train a Learning-to-Cache router against a frozen model (Algorithm 1)"
 SETTINGS = ("iterations", "batch_size", "lr", "lam", "loss", "clamp", "threshold")
@@ -29,12 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--target-macs", type=float, default=None, help="a schedule at this MAC fraction of uncached instead (e.g. 0.4)"
     )
-    p.add_argument(
-        "--conditioning",
-        default=None,
-        help="a FLUX folder's prompts: .safetensors of prompt_embeds, pooled_prompt_embeds (and negative_* for "
-        "--cfg > 1), named as FluxPipeline's arguments",
-    )
+    add_conditioning_arg(p)
     p.add_argument("--out", default="router.safetensors", help="router file to write (working files beside it)")
     p.add_argument("--resume", action="store_true", help="continue from the working checkpoint beside --out")
     _add_training_knobs(advanced(p, "advanced: router training (the paper's Algorithm 1)"))
@@ -118,6 +122,10 @@ def _add_search_knobs(g) -> None:
 def run(args) -> int:
     if args.target_speedup is not None or args.target_macs is not None:
         return run_schedule(args)
+    if is_flux(args):
+        raise ValueError(f"{args.model} trains learned schedules: pass --target-speedup or --target-macs")
+    if args.conditioning is not None:
+        raise ValueError("--conditioning is for a FLUX folder's prompts; this model is class-conditional")
     from ..jobs.train_router import RouterJob, batch_source, check_before_training, train_router_job
 
     model, spec, meta = load_model(args)
@@ -230,19 +238,16 @@ def _measured_cost(args, workload, macs):
 
 def _run_flux_schedule(args, config, cap) -> int:
     """A FLUX-family diffusers transformer, searched on itself with its own FlowMatchEuler loop (image-free)."""
-    from ..jobs.diffusers_workload import flux_workload, workload_macs
+    from ..jobs.diffusers_workload import workload_macs
     from ..jobs.train_schedule import train_schedule_job
-    from .errors import library_output_held
 
-    with library_output_held():  # a broken folder's library warnings join the error's one line
-        workload, meta = flux_workload(
-            args.model, args.conditioning, args.steps, args.cfg, args.height, args.width, args.device
-        )
+    workload, meta = load_workload(args)
     macs = workload_macs(workload)
     model, sampler = workload.model, workload.sampler
     cost = _measured_cost(args, workload, macs)
     train_schedule_job(model, meta, sampler, macs, config, Path(args.out), args.max_skip, True, workload, cap, cost)
     return 0
+
 
 def _run_native_dit_schedule(args, config, cap) -> int:
     """A DiTTransformer2DModel folder our DiT cannot hold, searched on the transformer itself (DiTPipeline's loop)."""
