@@ -98,12 +98,17 @@ def run_show(args) -> int:
         cost = meta["cost"]
         summary["predicted_speedup"] = 1.0 / meta["predicted_time"]
         summary["predicted_on"] = f"{cost['device']}, {cost['dtype']}, batch {cost['batch']}"
+    if "search_stopped" in meta:  # --search-minutes ended the schedule search early (l2c.training.deadline)
+        summary["search_stopped"] = meta["search_stopped"]
     if args.png:
         plot_router(router, threshold, args.png, title=Path(args.router).name, layout=layout)
     if args.json:
         print(json.dumps(summary))
     else:
         print(format_table(summary))
+        if "search_stopped" in summary:
+            stopped = summary["search_stopped"]
+            print(f"search stopped early after {stopped['after_minutes']:.1f} min: {stopped['reason']}")
         if args.png:
             print(f"wrote {args.png}")
     return 0

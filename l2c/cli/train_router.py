@@ -95,6 +95,15 @@ def _add_search_knobs(g) -> None:
         "--search-snapshots", type=int, default=10, help="stored runs a candidate resumes from (fewer: less memory)"
     )
     g.add_argument(
+        "--search-method",
+        choices=["ranked", "exhaustive"],
+        default="ranked",
+        help="ranked: moves screened on 16 images, tried best first; exhaustive: each on every image (slower)",
+    )
+    g.add_argument(
+        "--search-minutes", type=float, default=None, help="stop the search after M minutes with the best plan so far"
+    )
+    g.add_argument(
         "--search-error",
         choices=["images", "samples"],
         default="images",
@@ -169,6 +178,8 @@ def schedule_config(args):
         raise ValueError("--fill-budget needs a search (--search-rounds > 0): without one the export fills the budget")
     if args.search_snapshots < 0:
         raise ValueError(f"--search-snapshots must be >= 0, got {args.search_snapshots}")
+    if args.search_minutes is not None and not (args.search_minutes > 0 and args.search_rounds):
+        raise ValueError("--search-minutes needs a value > 0 and a search (--search-rounds > 0), which it bounds")
     return ScheduleTrainConfig(
         target_macs=target,
         action=args.action,
@@ -178,6 +189,8 @@ def schedule_config(args):
         search_images=args.search_images,
         check_images=args.check_images,
         search_snapshots=args.search_snapshots,
+        search_method=args.search_method,
+        search_minutes=args.search_minutes,
         fill_budget=args.fill_budget or "evaluation",
         error_on=args.search_error,
         guidance_scale=args.cfg,

@@ -19,7 +19,10 @@ from ..router.files import save_router
 from ..router.report import plot_router
 from ..router.router import Router
 from ..sampling.samplers import Sampler
+from ..training.deadline import Deadline
+from ..training.ranked_search import fill_ranked, grow_ranked, refine_ranked, trim_ranked
 from ..training.schedule_search import (
+    SearchTrace,
     TrajectoryError,
     fill_budget,
     fill_within_evaluation,
@@ -47,6 +50,7 @@ GROWTH_STOPPED = {
     "budget": "no whole evaluation more fits",
     "error": "no whole evaluation more that fits lowered the held-out error",
     "check": "the best evaluation more did not lower the check error",
+    "time": "the search's time ran out (--search-minutes)",
 }
 
 
@@ -111,18 +115,25 @@ def train_schedule_job(
     if max_cache_bytes is not None:  # checked before any sampling: the search only moves among plans under the cap
         cap = _memory_cap(model, mac_profile, max_cache_bytes, config.guidance_scale, workload)
         _check_memory(plan, cap, "the search's start")
+    stopped_early = None
     if config.search_rounds:
+        deadline = Deadline(config.search_minutes)
+        ranked = config.search_method == "ranked"
         pixels = meta["pixel_space"] if "pixel_space" in meta else not is_latent(meta)
         clip = PIXEL_RANGE if config.error_on == "images" and pixels else None
         every = -(-sampler.num_steps // config.search_snapshots) if config.search_snapshots else 0
         scale = config.guidance_scale
         error = TrajectoryError(model, sampler, scale, config.search_images, SEARCH_SEED, clip, every, workload)
         blocks = group_by_block(sublayer_blocks(model))  # the sub-layers a block move shifts together
-        check = None
+        check = screen = None
         if config.check_images:
             check = TrajectoryError(model, sampler, scale, config.check_images, CHECK_SEED, clip, every, workload)
+        if ranked and config.screen_images < config.search_images:  # the first of the search's seeds
+            screen = TrajectoryError(model, sampler, scale, config.screen_images, SEARCH_SEED, clip, every, workload)
+        elif ranked:
+            screen = error
         if cap is not None:
-            for measure in (error, check):
+            for measure in (error, check, screen):
                 if measure is not None:
                     measure.cap_memory(*cap)
         # Budgets near a TaylorSeer interval: that interval, trimmed to the budget (just over it) or grown where the
@@ -132,18 +143,26 @@ def train_schedule_job(
         if near is not None:
             skipped = ACTION_NAMES.index(config.action)
             interval = rows_actions(E, L, slice(None, None, near[0]), config.action)
-            trimmed, trimmed_error = trim_to_budget(
-                interval, error, macs, config.target_macs, skipped, config.form, max_skip, progress, blocks
+            trim = trim_ranked if ranked else trim_to_budget
+            trimmed, trimmed_error = trim(
+                interval, error, macs, config.target_macs, skipped, config.form, max_skip, progress, blocks, deadline
             )
             starts[f"interval {near[0]} trimmed"] = (trimmed, trimmed_error)
         elif under is not None:
             interval = rows_actions(E, L, slice(None, None, under[0]), config.action)
-            grown, grown_error, added, stopped = grow_to_budget(
-                interval, error, macs, config.target_macs, config.form, max_skip, progress, check
+            grow = grow_ranked if ranked else grow_to_budget
+            grown, grown_error, added, stopped = grow(
+                interval, error, macs, config.target_macs, config.form, max_skip, progress, check, deadline
             )
             starts[f"interval {under[0]} + {len(added)} evaluations"] = (grown, grown_error)
             history.update(evaluations_added=added, growth_stopped=stopped)
-        if starts:
+        if starts and deadline.passed("the choice of a start"):
+            # No time to measure the even spread: the interval's start (trimmed to the budget, or grown where the
+            # error fell), which beat it on every budget measured (docs/learned-schedules.md).
+            name, (start, start_error) = next(iter(starts.items()))
+            history.update(start_errors={"evenly spread": None, name: start_error})
+            grown_start = stopped is not None
+        elif starts:
             name, (other, other_error) = next(iter(starts.items()))
             spread_error = error(CachePlan.from_actions(start, form=config.form))
             history.update(start_errors={"evenly spread": spread_error, name: other_error})
@@ -155,16 +174,23 @@ def train_schedule_job(
             )
             start, start_error = (other, other_error) if other_error < spread_error else (start, spread_error)
             grown_start = stopped is not None and other_error < spread_error
-        actions, trace = refine(
-            start, error, config.form, config.search_rounds, max_skip, progress, check, start_error, blocks
-        )
+        if deadline.passed("the moves"):
+            actions, trace = start, SearchTrace()
+        else:
+            actions, trace = _refine(
+                start, error, screen, check, start_error, config, max_skip, progress, blocks, deadline
+            )
         fill = None
-        if config.fill_budget == "blocks":
-            actions, filled = fill_budget(
-                actions, error, macs, config.target_macs, config.form, max_skip, progress, blocks
+        under_budget = _fraction(actions, config, macs) < 0.98 * config.target_macs
+        if (config.fill_budget == "blocks" or under_budget) and deadline.passed("the fill"):
+            pass  # out of time: the plan stays as the moves left it, within the budget
+        elif config.fill_budget == "blocks":
+            fill_blocks = fill_ranked if ranked else fill_budget
+            actions, filled = fill_blocks(
+                actions, error, macs, config.target_macs, config.form, max_skip, progress, blocks, deadline
             )
             history.update(blocks_filled=filled)
-        elif config.fill_budget == "evaluation" and _fraction(actions, config, macs) < 0.98 * config.target_macs:
+        elif config.fill_budget == "evaluation" and under_budget:
             actions, fill = fill_within_evaluation(
                 actions,
                 error,
@@ -176,6 +202,7 @@ def train_schedule_job(
                 check,
                 start_error=trace.errors[-1] if trace.errors else None,
                 start_check=trace.checks[-1] if trace.checks else None,
+                deadline=deadline,
             )
             history.update(fill=fill)
             if fill["sublayers"]:
@@ -190,7 +217,13 @@ def train_schedule_job(
             check_errors=trace.checks,
             moves_rejected_by_check=trace.rejected,
             search_evaluations=error.evaluations,
+            screen_evaluations=screen.evaluations if screen is not None and screen is not error else 0,
+            search_minutes_spent=deadline.spent_minutes(),
+            search_stopped=deadline.stopped,
         )
+        stopped_early = deadline.stopped
+        if stopped_early is not None:
+            print(f"search stopped early: {stopped_early['reason']}; the best schedule so far is kept", flush=True)
         # Store the searched plan as scores on either side of θ = 0.5: the file reproduces it exactly.
         logits = torch.where(actions == COMPUTE, 4.0, -4.0).float()
         theta = 0.5
@@ -230,6 +263,8 @@ def train_schedule_job(
         # the model's sub-layers (name, kind, block), so reports need not guess them without the model
         "sublayers": [[sub.name, sub.kind, sub.block] for sub in describe(model)],
     }
+    if stopped_early is not None:  # --search-minutes ended the search: when, where and why (router show says it)
+        router_meta["search_stopped"] = stopped_early
     if cost is not None:  # the measured cost model, and what it predicts for this plan
         router_meta.update(target_time=config.target_macs, predicted_time=met, cost=cost[1])
     save_router(router, out, router_meta)
@@ -246,6 +281,16 @@ def train_schedule_job(
     if not torch.equal(router_plan(router, router_meta).actions, plan.actions):
         raise RuntimeError("the router file does not reproduce the exported plan: this is a bug in l2c")
     return router, router_meta
+
+
+def _refine(start, error, screen, check, start_error, config, max_skip, progress, blocks, deadline):
+    """The budget-neutral moves of the search, by config.search_method."""
+    rounds, form = config.search_rounds, config.form
+    if screen is not None:  # ranked
+        return refine_ranked(
+            start, error, screen, form, rounds, max_skip, progress, check, start_error, blocks, deadline
+        )
+    return refine(start, error, form, rounds, max_skip, progress, check, start_error, blocks, deadline)
 
 
 def _element_size(model) -> int:

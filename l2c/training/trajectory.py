@@ -45,6 +45,7 @@ from ..utils.progress import progress_bar
 
 ACTIONS = ("reuse", "forecast1", "forecast2")  # gradient training relaxes forecast2 as forecast1
 FILLS = ("evaluation", "blocks", "off")  # how a search's unspent budget is spent (ScheduleTrainConfig.fill_budget)
+SEARCH_METHODS = ("ranked", "exhaustive")  # ScheduleTrainConfig.search_method
 
 
 class SoftSchedule:
@@ -104,6 +105,12 @@ class ScheduleTrainConfig:
     # evaluation that helps most (fill_within_evaluation), "blocks" block by block (fill_budget), "off"
     fill_budget: str = "evaluation"
     search_snapshots: int = 10  # snapshots per run a search candidate resumes from (0: none; schedule_search)
+    # "ranked": moves screened on `screen_images` of the held-out images and tried best first, starts and fills
+    # ranked in one pass (l2c.training.ranked_search); "exhaustive": every move measured on every held-out image,
+    # one pass per unit a start or fill adds (l2c.training.schedule_search)
+    search_method: str = "ranked"
+    screen_images: int = 16
+    search_minutes: float | None = None  # stop the search after this long with the best plan so far (None: never)
     # what the search's error compares: "images", the samples clipped to the saved images' range (pixel models; a
     # latent model's samples are compared as they are), or "samples", unclipped
     error_on: str = "images"
@@ -118,6 +125,10 @@ class ScheduleTrainConfig:
             raise ValueError(f"error_on must be 'images' or 'samples', got {self.error_on!r}")
         if self.init not in ("taylorseer", "flat"):
             raise ValueError(f"init must be 'taylorseer' or 'flat', got {self.init!r}")
+        if self.search_method not in SEARCH_METHODS:
+            raise ValueError(f"search_method must be one of {SEARCH_METHODS}, got {self.search_method!r}")
+        if self.search_minutes is not None and not (math.isfinite(self.search_minutes) and self.search_minutes > 0):
+            raise ValueError(f"search_minutes must be a finite number > 0, got {self.search_minutes}")
         if self.fill_budget not in FILLS:
             raise ValueError(f"fill_budget must be one of {FILLS}, got {self.fill_budget!r}")
         if self.fill_budget == "blocks" and not self.search_rounds:
@@ -127,7 +138,7 @@ class ScheduleTrainConfig:
         for name in ("check_images", "search_snapshots"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "window", "search_images"):
+        for name in ("batch_size", "window", "search_images", "screen_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
