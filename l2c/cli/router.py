@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
         "--model",
         default=None,
         metavar="PRESET",
-        help="model preset, to report MACs per image (dit-mnist, uvit-mnist: the bundled models)",
+        help="model preset, to report MACs per image (dit-mnist, uvit-mnist, flux-mnist: the bundled models)",
     )
     show.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     show.add_argument("--png", default=None, help="write the router heat-map here")
@@ -68,18 +68,31 @@ def run_import(args) -> int:
     return 0
 
 
+def _flux_mnist_profile():
+    from ..cache.layout import describe
+    from ..jobs.diffusers_workload import flux_workload, workload_macs
+
+    workload, _ = flux_workload("flux-mnist")
+    return workload_macs(workload), describe(workload.model)
+
+
 def run_show(args) -> int:
     from ..cache.layout import describe_preset
     from ..cache.macs import profile_macs
     from ..router.files import load_router
     from ..router.report import format_table, plot_router, router_summary
 
-    model = preset_name(args.model) if args.model else None  # before any work
+    flux = args.model == "flux-mnist"  # a diffusers transformer, measured on itself rather than a preset
+    model = preset_name(args.model) if args.model and not flux else None  # before any work
     router, meta = load_router(args.router)
     threshold = args.threshold if args.threshold is not None else meta.get("threshold", 0.5)
     macs = layout = None
-    if model:
+    if flux:
+        macs, layout = _flux_mnist_profile()
+        model = args.model
+    elif model:
         macs, layout = profile_macs(model), describe_preset(model)
+    if model:
         if len(macs.sublayer_linear) != router.num_sublayers:
             raise ValueError(
                 f"router has {router.num_sublayers} sub-layers per step, {model} has {len(macs.sublayer_linear)}"
