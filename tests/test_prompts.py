@@ -121,3 +121,47 @@ def test_bad_prompt_input_is_refused_in_one_line(pipeline_folder, tmp_path):
         encode_prompts(bare, ["a cat"])
     with pytest.raises(ValueError, match="negative prompt"):
         encode_prompts(folder, ["a cat"], negative=None, cfg=2.0)
+
+
+def test_train_router_takes_prompts_as_it_takes_their_embeddings(pipeline_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    from l2c.cli import main
+    from l2c.router.files import load_router
+
+    folder, _ = pipeline_folder
+    (tmp_path / "prompts.txt").write_text("a photo of digit one\na cat\n")
+    embeddings = encode_prompts(folder, ["a photo of digit one", "a cat"], negative="", cfg=2.0)
+    save_file(embeddings, str(tmp_path / "prompts.safetensors"))
+    common = ["train-router", "--model", str(folder), "--height", "64", "--width", "64", "--steps", "3", "--cfg", "2"]
+    common += ["--target-macs", "0.6", "--search-rounds", "1", "--search-images", "2", "--check-images", "0", "-q"]
+    a, b = tmp_path / "from-text.safetensors", tmp_path / "from-embeddings.safetensors"
+    assert main([*common, "--prompts", str(tmp_path / "prompts.txt"), "--out", str(a)]) == 0
+    assert main([*common, "--conditioning", str(tmp_path / "prompts.safetensors"), "--out", str(b)]) == 0
+    (ra, ma), (rb, mb) = load_router(a), load_router(b)
+    assert torch.equal(ra.logits, rb.logits) and ma["actions"] == mb["actions"]
+
+
+def test_bad_prompts_on_the_command_line_exit_2_before_any_work(pipeline_folder, tmp_path, capsys):
+    from l2c.cli import main
+
+    folder, _ = pipeline_folder
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "p.txt").write_text("a cat\n")
+    out = tmp_path / "r.safetensors"
+    flux = ["train-router", "--model", str(folder), "--target-macs", "0.6", "--out", str(out)]
+    cases = [
+        ([*flux, "--prompts", str(tmp_path / "empty.txt")], "holds no prompt"),
+        ([*flux, "--prompts", str(tmp_path / "p.txt"), "--conditioning", str(tmp_path / "p.txt")], "pass one"),
+        ([*flux, "--prompts", str(tmp_path / "p.txt"), "--model", str(folder / "transformer")], "text_encoder"),
+        (["train-router", "--model", "flux-mnist", "--target-macs", "0.6", "--prompts", str(tmp_path / "p.txt")],
+         "brings its class prompts"),
+        (["sample", "--model", "dit-mnist", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "x.png")],
+         "class-conditional"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", "p.txt"]

@@ -137,6 +137,14 @@ def add_conditioning_arg(p) -> None:
         help="a FLUX folder's prompts: .safetensors of prompt_embeds, pooled_prompt_embeds (and negative_* for "
         "--cfg > 1), named as FluxPipeline's arguments; image i takes prompt --classes[i]",
     )
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="a FLUX pipeline folder's prompts as text, one per line, encoded by the folder's own text encoders "
+        "(instead of --conditioning); image i takes prompt --classes[i]",
+    )
+    g = advanced(p)
+    g.add_argument("--negative-prompt", default="", help="the negative prompt of true CFG (--cfg > 1) with --prompts")
 
 
 def add_size_args(g) -> None:
@@ -169,8 +177,17 @@ def load_workload(args):
     height, width = getattr(args, "height", None), getattr(args, "width", None)
     if args.model == "flux-mnist" and (height or width):
         raise ValueError("flux-mnist samples 28x28 digits (FluxPipeline's 112 x 112): drop --height / --width")
+    prompts = None
+    if getattr(args, "prompts", None) is not None:
+        from ..jobs.prompts import read_prompts
+
+        prompts = read_prompts(args.prompts)  # before any model loads: an empty or unreadable file stops here
+    negative = getattr(args, "negative_prompt", "")
     with library_output_held():  # a broken folder's library warnings join the error's one line
-        return flux_workload(args.model, args.conditioning, args.steps, args.cfg, height, width, args.device)
+        return flux_workload(
+            args.model, args.conditioning, args.steps, args.cfg, height, width, args.device, prompts=prompts,
+            negative_prompt=negative,
+        )
 
 
 def load_any(args):
@@ -179,8 +196,8 @@ def load_any(args):
     if is_flux(args):
         workload, meta = load_workload(args)
         return workload, None, meta
-    if getattr(args, "conditioning", None) is not None:
-        raise ValueError("--conditioning is for a FLUX folder's prompts; this model is class-conditional")
+    if getattr(args, "conditioning", None) is not None or getattr(args, "prompts", None) is not None:
+        raise ValueError("--conditioning / --prompts are for a FLUX folder's prompts; this model is class-conditional")
     if getattr(args, "height", None) or getattr(args, "width", None):
         raise ValueError("--height / --width are for FLUX folders; this model has one image size")
     return load_model(args)

@@ -133,8 +133,8 @@ def run(args) -> int:
         return run_schedule(args)
     if is_flux(args):
         raise ValueError(f"{args.model} trains learned schedules: pass --target-speedup or --target-macs")
-    if args.conditioning is not None:
-        raise ValueError("--conditioning is for a FLUX folder's prompts; this model is class-conditional")
+    if args.conditioning is not None or args.prompts is not None:
+        raise ValueError("--conditioning / --prompts are for a FLUX folder's prompts; this model is class-conditional")
     from ..jobs.train_router import RouterJob, batch_source, check_before_training, train_router_job
 
     model, spec, meta = load_model(args)
@@ -213,8 +213,8 @@ def run_schedule(args) -> int:
         raise ValueError(f"--cost-batch must be >= 1, got {args.cost_batch}")
     if is_flux_model(args.model):
         return _run_flux_schedule(args, config, cap)
-    if args.conditioning is not None:
-        raise ValueError("--conditioning is for a FLUX folder's prompts; this model is class-conditional")
+    if args.conditioning is not None or args.prompts is not None:
+        raise ValueError("--conditioning / --prompts are for a FLUX folder's prompts; this model is class-conditional")
     from ..cache.macs import profile_macs
     from ..sampling.workload import ClassWorkload
 

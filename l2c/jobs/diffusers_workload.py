@@ -96,8 +96,12 @@ def flux_workload(
     width: int | None = None,
     device="cpu",
     dtype=torch.float32,
+    prompts: list[str] | None = None,
+    negative_prompt: str = "",
 ) -> tuple[FluxWorkload, dict]:
-    """(workload, metadata) of flux-mnist or a FLUX folder, sampled with its own FlowMatchEuler scheduler."""
+    """(workload, metadata) of flux-mnist or a FLUX folder, sampled with its own FlowMatchEuler scheduler; a folder's
+    prompts come as embeddings (`conditioning`, a .safetensors file) or as text (`prompts`) that the pipeline folder's
+    own text encoders encode (l2c.jobs.prompts; `negative_prompt` for true CFG)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     from ..models import flux_mnist
@@ -105,8 +109,8 @@ def flux_workload(
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if model == "flux-mnist" or (conditioning is None and (Path(model) / "conditioning.safetensors").exists()):
-        if conditioning is not None:
-            raise ValueError("flux-mnist brings its class prompts: drop --conditioning")
+        if conditioning is not None or prompts is not None:
+            raise ValueError("flux-mnist brings its class prompts: drop --conditioning / --prompts")
         folder = None if model == "flux-mnist" else model
         transformer, scheduler, table = flux_mnist.load_flux_mnist(folder, dtype=dtype)
         from .flux_sampling import class_prompts
@@ -115,17 +119,26 @@ def flux_workload(
         height = width = flux_mnist.IMAGE_SIZE
         pixel_space = True  # its latents are pixels rearranged 2x2: the error compares them clipped to [-1, 1]
     else:
-        if conditioning is None:
+        if conditioning is None and prompts is None:
             raise ValueError(
-                f"{model} has no prompts: pass --conditioning FILE.safetensors with prompt_embeds and "
-                "pooled_prompt_embeds (FluxPipeline's argument names)"
+                f"{model} has no prompts: pass --prompts FILE (one per line; a pipeline folder with its text "
+                "encoders) or --conditioning FILE.safetensors with prompt_embeds and pooled_prompt_embeds"
             )
+        if conditioning is not None and prompts is not None:
+            raise ValueError("--prompts and --conditioning both give the prompts: pass one")
         folder = Path(model)
         transformer = FluxTransformer2DModel.from_pretrained(_transformer_dir(folder), torch_dtype=dtype)
         scheduler_json = folder / "scheduler" / "scheduler_config.json"
         config = json.loads(scheduler_json.read_text()) if scheduler_json.exists() else {}
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
-        prompts = {k: v.to(dtype) for k, v in read_conditioning(conditioning, transformer, cfg).items()}
+        if prompts is not None:
+            from .prompts import encode_prompts
+
+            tensors = encode_prompts(folder, prompts, negative_prompt, cfg)
+            check_conditioning(tensors, transformer, cfg, "the text encoders' output")
+        else:
+            tensors = read_conditioning(conditioning, transformer, cfg)
+        prompts = {k: v.to(dtype) for k, v in tensors.items()}
         height, width = height or 1024, width or 1024
         pixel_space = False
     if height % 16 or width % 16:

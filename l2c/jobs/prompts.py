@@ -52,7 +52,8 @@ def encode_prompts(
     max_sequence_length: int = 512,
     dtype=torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """FluxPipeline's prompt arguments for `prompts` (and, for cfg > 1, the `negative` prompt), on the CPU."""
+    """FluxPipeline's prompt arguments for `prompts` (and, for cfg > 1, the `negative` prompt), on the CPU, in
+    `dtype` (the encoders run in the dtype the folder stores)."""
     from diffusers import FluxPipeline
 
     missing = text_components_missing(folder)
@@ -64,7 +65,7 @@ def encode_prompts(
     if cfg > 1 and negative is None:
         raise ValueError("true CFG (--cfg > 1) needs a negative prompt (the empty string is the usual one)")
     # The text side only: the transformer and VAE are not loaded (the workload loads the transformer itself).
-    pipe = FluxPipeline.from_pretrained(str(folder), transformer=None, vae=None, torch_dtype=dtype)
+    pipe = FluxPipeline.from_pretrained(str(folder), transformer=None, vae=None)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         embeds, pooled, _ = pipe.encode_prompt(
@@ -76,4 +77,4 @@ def encode_prompts(
                 prompt=[negative], prompt_2=None, device="cpu", max_sequence_length=max_sequence_length
             )
             out.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
-    return {k: v.contiguous() for k, v in out.items()}
+    return {k: v.to(dtype).contiguous() for k, v in out.items()}
