@@ -108,5 +108,31 @@ def test_train_router_searches_on_the_folder_and_apply_runs_it(folder, tmp_path)
         handle.remove()
     plain = pipe(class_labels=[1], guidance_scale=CFG, num_inference_steps=STEPS, output_type="pt").images
     assert cached.shape == plain.shape and not torch.equal(cached, plain)
+    # l2c sample runs the schedule on the folder too (the router file fits its sub-layers and evaluations).
+    grid = tmp_path / "cached.png"
+    sample = ["sample", "--model", str(path), "--steps", str(STEPS), "--cfg", str(CFG), "--seeds", "0-1"]
+    assert main([*sample, "--router", str(out), "--out", str(grid), "-q"]) == 0 and grid.exists()
+    assert main([*sample, "--steps", "5", "--router", str(out), "--out", str(tmp_path / "no.png")]) == 2
     # Algorithm 1 needs our DiT's training path: a one-line refusal naming the search instead.
     assert main(["train-router", "--model", str(path), "--iterations", "2", "--out", str(tmp_path / "r.pt")]) == 2
+
+
+def test_l2c_sample_draws_the_folder_as_dit_pipeline_does(folder, tmp_path):
+    import numpy as np
+
+    path, pipe = folder
+    npz, grid = tmp_path / "s.npz", tmp_path / "grid.png"
+    argv = ["sample", "--model", str(path), "--classes", "1,7", "--seeds", "3,8", "--steps", str(STEPS)]
+    assert main([*argv, "--cfg", str(CFG), "--npz", str(npz), "--out", str(grid), "-q"]) == 0
+    ours = np.load(npz)["arr_0"].astype(int)  # (N, H, W, 3) uint8, decoded by the folder's vae/
+    for i, (seed, label) in enumerate([(3, 1), (8, 7)]):
+        theirs = pipe(
+            class_labels=[label],
+            guidance_scale=CFG,
+            num_inference_steps=STEPS,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        ).images[0]
+        # l2c decodes z / scale where DiTPipeline decodes (1 / scale) * z: a rounding apart, at most one uint8 level.
+        assert np.abs(ours[i] - np.round(theirs * 255)).max() <= 1
+    assert grid.exists()

@@ -200,7 +200,25 @@ def load_any(args):
         raise ValueError("--conditioning / --prompts are for a FLUX folder's prompts; this model is class-conditional")
     if getattr(args, "height", None) or getattr(args, "width", None):
         raise ValueError("--height / --width are for FLUX folders; this model has one image size")
-    return load_model(args)
+    from ..integrations.diffusers_convert import NotConvertible
+
+    try:
+        return load_model(args)
+    except NotConvertible:  # a DiT trained in diffusers (an embedder per block): driven on itself, as DiTPipeline does
+        workload, meta = load_native_dit(args)
+        return workload, None, meta
+
+
+def load_native_dit(args):
+    """(workload, metadata) of a DiTTransformer2DModel folder our DiT cannot hold (l2c.jobs.dit_workload); --sampler
+    left out becomes the folder's own scheduler where l2c drives it."""
+    from ..jobs.dit_workload import dit_workload
+    from .errors import library_output_held
+
+    with library_output_held():
+        workload, meta = dit_workload(args.model, args.sampler, args.steps, args.cfg, args.eta, args.device)
+    args.sampler = workload.sampler.name
+    return workload, meta
 
 
 def decoder_of(args, model, meta, latent_only: bool = True):

@@ -11,6 +11,7 @@ from .common import (
     advanced,
     is_flux,
     load_model,
+    load_native_dit,
     load_workload,
     sample_config,
 )
@@ -264,12 +265,10 @@ def _run_flux_schedule(args, config, cap) -> int:
 
 def _run_native_dit_schedule(args, config, cap) -> int:
     """A DiTTransformer2DModel folder our DiT cannot hold, searched on the transformer itself (DiTPipeline's loop)."""
-    from ..jobs.dit_workload import dit_macs, dit_workload
+    from ..jobs.dit_workload import dit_macs
     from ..jobs.train_schedule import train_schedule_job
-    from .errors import library_output_held
 
-    with library_output_held():
-        workload, meta = dit_workload(args.model, args.sampler, args.steps or 20, args.cfg, args.eta, args.device)
+    workload, meta = load_native_dit(args)
     macs = dit_macs(workload)
     cost = _measured_cost(args, workload, macs)
     model, sampler, out = workload.model, workload.sampler, Path(args.out)

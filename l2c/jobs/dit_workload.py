@@ -25,16 +25,31 @@ from ..sampling.seeds import StackedRandomGenerator
 
 
 class DiTWorkload:
-    def __init__(self, transformer, sampler, cfg: float):
+    def __init__(self, transformer, sampler, cfg: float, spec: DiffusionSpec | None = None, eta: float = 0.0):
         name = type(transformer).__name__
         if name != "DiTTransformer2DModel":
             raise TypeError(f"DiTWorkload drives DiTTransformer2DModel, not {name}")
         config = transformer.config
         if config.num_embeds_ada_norm is None:
             raise ValueError("this DiTTransformer2DModel has no class labels (num_embeds_ada_norm is None)")
-        self.model, self.sampler, self.cfg = transformer, sampler, cfg
+        self.model, self.sampler, self.cfg, self.spec, self.eta = transformer, sampler, cfg, spec, eta
         self.num_classes = config.num_embeds_ada_norm  # labels 0 .. num - 1; row num is the null label
         self.shape = (config.in_channels, config.sample_size, config.sample_size)
+        self.pixel_space = config.in_channels in (1, 3)  # a latent DiT's samples need its VAE
+
+    @property
+    def num_prompts(self) -> int:  # what l2c sample's --classes index
+        return self.num_classes
+
+    def with_steps(self, steps: int) -> DiTWorkload:
+        """The same workload sampled with `steps` steps (a new sampler: a scheduler's timesteps change with them)."""
+        if steps == self.sampler.num_steps:
+            return self
+        sampler = make_sampler(self.sampler.name, steps, self.spec, self.eta)
+        return DiTWorkload(self.model, sampler, self.cfg, self.spec, self.eta)
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()  # the sampler's state is the model's own space (pixels, or latents for the VAE)
 
     def noise(self, seeds: list[int]) -> torch.Tensor:
         param = next(self.model.parameters())
@@ -69,13 +84,13 @@ def dit_workload(
     transformer, meta = load_diffusers_folder(folder, as_dit=False)
     spec = DiffusionSpec(**meta["diffusion"])
     name = sampler or _folder_sampler(spec)
-    workload = DiTWorkload(transformer.to(device), make_sampler(name, steps, spec, eta), cfg)
+    workload = DiTWorkload(transformer.to(device), make_sampler(name, steps, spec, eta), cfg, spec, eta)
     info = {
         "model": str(folder),
         "class": type(transformer).__name__,
         "sampler": name,
         "path": meta["path"],
-        "pixel_space": transformer.config.in_channels in (1, 3),  # a latent DiT's samples need its VAE
+        "pixel_space": workload.pixel_space,
     }
     return workload, info
 
