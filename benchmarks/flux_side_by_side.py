@@ -161,7 +161,9 @@ def train_missing_routers(paths: list[str]) -> None:
 
     for path in paths:
         if not Path(path).is_file():
+            # A search bounded to 3 minutes, so that the whole benchmark stays within an afternoon on a CPU.
             command = ["train-router", "--model", "flux-mnist", "--target-speedup", f"{_target_speedup(path):g}"]
+            command += ["--search-minutes", "3"]
             print(f"training {path}: l2c {' '.join(command)}", flush=True)
             subprocess.run([sys.executable, "-m", "l2c", *command, "--out", path], check=True)
 
