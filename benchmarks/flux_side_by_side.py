@@ -665,7 +665,7 @@ def plot(rows: list[dict], path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6.5))
     families = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "uncached"]
     colors, markers = plt.get_cmap("tab20").colors, "os^vD<>phX*P"
     base = next((r for r in rows if r["method"] == "uncached"), None)
@@ -696,9 +696,10 @@ def plot(rows: list[dict], path, title: str) -> None:
             ax.plot([r["speedup"] for r in front], [r[key] for r in front], "k--", lw=1, alpha=0.5, label="Pareto")
         ax.set(xlabel="measured speedup", ylabel=label, yscale="log" if key == "fid" else "linear")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best", ncol=2)
+    handles, labels = axes[1].get_legend_handles_labels()  # below both panels: the points fill the panels
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
