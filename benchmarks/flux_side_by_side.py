@@ -705,6 +705,54 @@ def plot(rows: list[dict], path, title: str) -> None:
     plt.close(fig)
 
 
+def _competitor(r: dict) -> bool:
+    return r["method"].startswith(("diffusers", "cache-dit"))
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The comparison's questions, answered from the rows: who is on each Pareto front, the fastest row of each
+    method within 5 % of the uncached FID, and each l2c learned schedule's PSNR against the best competitor row
+    (diffusers' hooks and cache-dit) at equal measured speed: at least 0.9 times its speedup (timing noise on a
+    shared CPU is about ±10 %)."""
+    base = next((r for r in rows if r["method"] == "uncached"), None)
+    if base is None:
+        return []
+    lines = []
+    for key in ("fid", "psnr"):
+        finite = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+        front = sorted(front_rows(finite, key), key=lambda r: r["speedup"])
+        lines.append(f"{key.upper()} Pareto front: " + "; ".join(f"{r['key']} ({r['speedup']:.2f}x)" for r in front))
+    limit = 1.05 * base["fid"]
+    best: dict[str, dict] = {}
+    for r in rows:
+        if (
+            r["method"] != "uncached"
+            and r["fid"] <= limit
+            and r["speedup"] > best.get(r["method"], {}).get("speedup", 0)
+        ):
+            best[r["method"]] = r
+    ranked = sorted(best.values(), key=lambda r: -r["speedup"])
+    lines.append(
+        f"fastest row of each method at FID <= {limit:.2f} (uncached + 5 %): "
+        + "; ".join(f"{r['key']} {r['speedup']:.2f}x (FID {r['fid']:.2f})" for r in ranked)
+    )
+    for r in (r for r in rows if r["method"] == "l2c learned schedule" and r.get("psnr") is not None):
+        rivals = [
+            c for c in rows if _competitor(c) and c["speedup"] >= 0.9 * r["speedup"] and c.get("psnr") is not None
+        ]
+        if not rivals:
+            lines.append(
+                f"{r['key']}: {r['speedup']:.2f}x, PSNR {r['psnr']:.1f} dB; no competitor row reaches 0.9x its speed"
+            )
+            continue
+        rival = max(rivals, key=lambda c: c["psnr"])
+        lines.append(
+            f"{r['key']}: {r['speedup']:.2f}x, PSNR {r['psnr']:.1f} dB; best competitor at >= 0.9x its speed: "
+            f"{rival['key']} {rival['speedup']:.2f}x, {rival['psnr']:.1f} dB ({r['psnr'] - rival['psnr']:+.1f} dB)"
+        )
+    return lines
+
+
 def write_outputs(out: Path, rows: list[dict], report: dict) -> None:
     atomic_write_json(json_safe({**report, "rows": rows}), out / "side_by_side.json")
     s = report["settings"]
@@ -717,7 +765,7 @@ def write_outputs(out: Path, rows: list[dict], report: dict) -> None:
     verdict = "bit-identical" if recheck["identical"] else f"DIFFERENT (max |Δ| {recheck['max_abs_diff']:.3g})"
     text = (
         f"{header}\n{table(rows)}\n\n{notes}\n* uncached re-run of {recheck['images']} images after every "
-        f"tool was removed: {verdict}\n"
+        f"tool was removed: {verdict}\n\n### Targets\n\n" + "".join(f"* {line}\n" for line in targets(rows))
     )
     atomic_write_text(text, out / "side_by_side.md")
     plot(rows, out / "side_by_side.png", f"flux-mnist, FluxPipeline {s['steps']} steps, true CFG {s['cfg']}")

@@ -150,6 +150,7 @@ def test_store_resumes_and_refuses(fsbs, tmp_path, capsys):
     assert report["uncached_recheck"]["identical"] is True
     assert report["rows"][0]["psnr"] is None  # identical to itself: infinite PSNR, which JSON has not
     assert (tmp_path / "side_by_side.png").read_bytes()[:4] == b"\x89PNG"
+    assert "FID Pareto front: " in (tmp_path / "side_by_side.md").read_text()
     capsys.readouterr()
     assert fsbs.main(argv) == 0  # resumed: nothing left to measure
     assert "2 of 2 rows already" in capsys.readouterr().out
