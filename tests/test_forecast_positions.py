@@ -11,7 +11,7 @@ from l2c.cache import CacheEngine, CachePlan
 from l2c.cache.hooks import RunPlan
 from l2c.cache.layout import LAYOUTS, BlockLayout
 from l2c.cache.plan import COMPUTE, FOCA, FORECAST1, FORECAST2, REUSE
-from l2c.cache.positions import evaluation_positions
+from l2c.cache.positions import default_coordinate, evaluation_positions
 from l2c.sampling.diffusion import DiffusionSpec
 from l2c.sampling.samplers import make_sampler
 
@@ -213,5 +213,22 @@ def test_sampler_positions(name, steps):
     assert all(b < a for a, b in zip(times, times[1:]))  # noisiest first
     assert all(b > a for a, b in zip(lam, lam[1:]))  # log-SNR rises as noise falls
     CachePlan.full(sampler.num_evaluations, 2).at(lam)  # valid plan positions
+    assert default_coordinate(sampler) == ("time" if name == "dpm-solver-2" else "index")
     with pytest.raises(ValueError, match="unknown forecast position"):
         evaluation_positions(sampler, "sigma")
+
+
+def test_flow_matching_positions_are_its_sigmas():
+    diffusers = pytest.importorskip("diffusers")
+    from l2c.sampling.flow_matching import DiffusersFlowMatchEuler
+
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sampler = DiffusersFlowMatchEuler(scheduler, 8)
+    times = evaluation_positions(sampler, "time")
+    sigmas = scheduler.sigmas[:8].tolist()
+    assert times == pytest.approx([1000 * s for s in sigmas], rel=1e-6)
+    gaps = [a - b for a, b in zip(times, times[1:])]
+    assert max(gaps) > 1.5 * min(gaps)  # the shifted grid: uneven in σ, which is why positions matter
+    assert default_coordinate(sampler) == "index"
+    with pytest.raises(ValueError, match="log-SNR"):
+        evaluation_positions(sampler, "log-snr")

@@ -24,6 +24,14 @@ import math
 COORDINATES = ("index", "time", "log-snr")
 
 
+def default_coordinate(sampler) -> str:
+    """The coordinate that measured best for this kind of sampler (docs/forecast-positions.md): "time" for samplers
+    with an intermediate evaluation per step (DPM-Solver-2 singlestep: its evaluations alternate between outer times
+    and midpoints, far from evenly spaced in t), else "index" (DDIM's timesteps are evenly spaced, so both agree;
+    FlowMatchEuler's shifted σ grid measured better by index)."""
+    return "time" if getattr(sampler, "evaluations_per_step", 1) > 1 else "index"
+
+
 def evaluation_positions(sampler, coordinate: str) -> list[float] | None:
     """One position per evaluation of `sampler` in `coordinate` (one of COORDINATES); None for "index"."""
     if coordinate not in COORDINATES:
