@@ -265,3 +265,23 @@ def test_compiled_blocks_sum_foca_terms_as_eager_does(monkeypatch):
     compiled = generate(model, spec, seeds, classes, dataclasses.replace(config, compile=True), plan, progress=False)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(eager, by_index, rtol=1e-6, atol=1e-6)  # the positions reached the forecasts
+
+
+def test_the_schedule_search_can_choose_foca_per_sublayer():
+    from l2c.cache.schedules import taylorseer
+    from l2c.router.budget import action_names, schedule_plan
+    from l2c.training.schedule_search import refine
+
+    start = taylorseer(6, 4, 3, 1)
+    goal = start.actions.clone()
+    goal[goal[:, 2] == F1, 2] = FC  # sub-layer 2 better forecast by FoCa, the rest as they are
+
+    def error(plan):  # distance to the goal: only the action move on sub-layer 2 reaches 0
+        return float((plan.actions != goal).sum())
+
+    found, trace = refine(start.actions, error, form="newton", rounds=2, progress=False)
+    assert torch.equal(found, goal) and trace.errors[-1] == 0
+    names = action_names(found)
+    assert names == ["forecast1", "forecast1", "foca", "forecast1"]
+    scores = torch.where(found == COMPUTE, 0.9, 0.1).double()
+    assert torch.equal(schedule_plan(scores, 0.5, names, None, "newton").actions, found)  # a router file's round trip
