@@ -79,6 +79,12 @@ def test_sample_with_a_schedule_equals_fluxpipeline_under_apply(schedule4, tmp_p
     assert not np.array_equal(ours, uncached)  # the schedule really skipped work
 
 
+def test_router_show_takes_flux_mnist_for_its_macs(schedule4, capsys):
+    assert main(["router", "show", str(schedule4), "--model", "flux-mnist"]) == 0
+    assert "MACs per image, whole run" in capsys.readouterr().out
+    assert main(["router", "show", str(schedule4), "--model", "dit-mnist"]) == 2  # another model's sub-layers
+
+
 def test_compare_and_sweep_run_flux_mnist_through_its_workload(schedule4, tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", "--model", "flux-mnist", "--steps", "4", "--router", str(schedule4), "--images", "4"]
@@ -95,6 +101,35 @@ def test_compare_and_sweep_run_flux_mnist_through_its_workload(schedule4, tmp_pa
     assert main([*args, "--smoothcache-images", "0", "--out", str(sweep), "--quiet"]) == 0
     text = (sweep / "compare.md").read_text()
     assert "flux-mnist, diffusers-flowmatch-euler 4, guidance 2.0" in text and "learned" in text
+
+
+def test_demo_runs_flux_mnist_uncached_against_its_schedule(schedule4, tmp_path, monkeypatch, capsys):
+    import l2c.jobs.demo as demo
+
+    # the bundled schedule is for 28 steps; the demo's path is the same at 4 (and 7x faster)
+    monkeypatch.setattr(flux_mnist, "DEFAULT_STEPS", 4)
+    monkeypatch.setitem(demo.SCHEDULES, "flux-mnist", str(schedule4))
+    assert main(["demo", "--model", "flux-mnist", "--images", "5", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["uncached", "learned schedule"]
+    assert rows[0]["executed"] == rows[0]["total"] == 4 * 10 and rows[1]["executed"] < rows[1]["total"]
+    assert (tmp_path / "learned.png").exists() and not (tmp_path / "router.png").exists()
+    assert "| learned schedule | 4 |" in capsys.readouterr().out
+
+
+def test_the_bundled_schedule_fits_flux_mnist_at_its_defaults():
+    from l2c.cli.common import check_fits
+    from l2c.jobs.demo import SCHEDULES
+    from l2c.jobs.diffusers_workload import flux_workload
+    from l2c.jobs.generate import SampleConfig
+    from l2c.models.checkpoints import ASSETS
+    from l2c.router.files import load_router
+
+    router, meta = load_router(ASSETS / SCHEDULES["flux-mnist"])
+    workload, _ = flux_workload("flux-mnist", steps=flux_mnist.DEFAULT_STEPS, cfg=flux_mnist.DEFAULT_CFG)
+    config = SampleConfig(sampler="diffusers-flowmatch-euler", steps=28, guidance_scale=2.0)
+    check_fits(router, meta, workload, config)  # raises ValueError naming what does not fit
+    assert meta["kind"] == "schedule" and meta["guidance"] == 2.0 and meta["model"] == "flux-mnist"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,7 +204,8 @@ def test_compare_a_flux_folder_with_conditioning(folder, tmp_path):
     args = ["compare", *common, "--router", str(router), "--images", "3", "--repeats", "1", "--latency-batch", "2"]
     assert main([*args, "--fora", "2", "--smoothcache-images", "2", "--bootstrap", "5", "--out", str(out)]) == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]
-    assert rows[0]["psnr_db"] == float("inf") and "fid" not in rows[0]  # not MNIST: cost and PSNR only
+    assert "fid" not in rows[0] and all("psnr_db" in r for r in rows)  # not MNIST: cost and PSNR only
+    assert rows[1]["executed"] < rows[1]["total"] == rows[0]["executed"]
     assert any(r["method"].startswith("SmoothCache") for r in rows)
 
 
