@@ -121,8 +121,8 @@ def flux_workload(
     else:
         if conditioning is None and prompts is None:
             raise ValueError(
-                f"{model} has no prompts: pass --prompts FILE (one per line; a pipeline folder with its text "
-                "encoders) or --conditioning FILE.safetensors with prompt_embeds and pooled_prompt_embeds"
+                f"{model} has no prompts: pass --conditioning FILE.safetensors with prompt_embeds and "
+                "pooled_prompt_embeds, or --prompts FILE (one per line; a pipeline folder with its text encoders)"
             )
         if conditioning is not None and prompts is not None:
             raise ValueError("--prompts and --conditioning both give the prompts: pass one")
