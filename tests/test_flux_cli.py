@@ -85,6 +85,7 @@ def test_router_show_takes_flux_mnist_for_its_macs(schedule4, capsys):
     assert main(["router", "show", str(schedule4), "--model", "dit-mnist"]) == 2  # another model's sub-layers
 
 
+@pytest.mark.slow  # MNIST metrics for every method and point take most of its minute; the folder tests run compare
 def test_compare_and_sweep_run_flux_mnist_through_its_workload(schedule4, tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", "--model", "flux-mnist", "--steps", "4", "--router", str(schedule4), "--images", "4"]
@@ -206,6 +207,12 @@ def test_compare_a_flux_folder_with_conditioning(folder, tmp_path):
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert "fid" not in rows[0] and all("psnr_db" in r for r in rows)  # not MNIST: cost and PSNR only
     assert rows[1]["executed"] < rows[1]["total"] == rows[0]["executed"]
+    sweep = tmp_path / "sweep"
+    args = ["compare", "--sweep", *common, "--methods", "fora", "--values", "fora=2", "--images", "2", "--repeats", "1"]
+    args += ["--latency-batch", "2", "--smoothcache-images", "0", "--bootstrap", "5"]
+    assert main([*args, "--out", str(sweep)]) == 0
+    methods = [json.loads(line)["method"] for line in (sweep / "sweep.jsonl").read_text().splitlines()[1:]]
+    assert methods == ["uncached", "fora"]
     assert any(r["method"].startswith("SmoothCache") for r in rows)
 
 
