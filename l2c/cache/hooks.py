@@ -28,7 +28,7 @@ from .plan import COMPUTE, DROP, FOCA, FORECAST1, FORECAST2, REUSE, CachePlan
 _FORECAST_ORDER = {FORECAST1: 1, FORECAST2: 2, FOCA: "foca"}
 
 
-class _Shape(NamedTuple):
+class OutputShape(NamedTuple):
     size: torch.Size
     dtype: torch.dtype
     device: torch.device
@@ -90,8 +90,8 @@ class RunPlan:
         self.stored_bytes = 0  # bytes held by the histories now
         self.peak_bytes = 0  # the most held at once since reset()
         self.drops = bool((plan.actions == DROP).any())
-        self._shapes: dict[tuple, object] = {}  # (slot, index) -> the output's structure of _Shape (for DROP)
-        self._zeros: dict[_Shape, torch.Tensor] = {}
+        self._shapes: dict[tuple, object] = {}  # (slot, index) -> the output's structure of OutputShape (for DROP)
+        self._zeros: dict[OutputShape, torch.Tensor] = {}
         self.group_of = plan_groups(self.actions) if grouped else None  # per sub-layer: its group, or None
         self.groups: dict[tuple, FlatGroup] = {}  # (slot, group) -> the live group
         self.ungrouped: set[tuple] = set()  # (slot, group) whose members keep their own histories this run
@@ -163,11 +163,16 @@ class RunPlan:
     def _zeros_for(self, key):
         return zeros_of(self._shapes[key], self)
 
-    def zeros(self, shape: _Shape) -> torch.Tensor:
+    def zeros(self, shape: OutputShape) -> torch.Tensor:
         """One shared zero tensor per shape (never written: DROP and skipped inputs only read it)."""
         if shape not in self._zeros:
             self._zeros[shape] = torch.zeros(shape.size, dtype=shape.dtype, device=shape.device)
         return self._zeros[shape]
+
+    def output_structure(self, slot, index):
+        """The structure (output_shape) of the sub-layer's last computed output in this model-call slot, where the
+        plan drops and it was handed over; else None."""
+        return self._shapes.get((slot, index))
 
     def has_outputs(self, slot, indices) -> bool:
         """Whether each of these sub-layers has been computed in this model-call slot (so none is recomputed by
@@ -264,13 +269,13 @@ def _held(history) -> int:
 
 
 def output_shape(out):
-    """The structure of a sub-layer's output as _Shape entries (a tensor, or a tuple with Nones)."""
-    return map_output(lambda t: _Shape(t.shape, t.dtype, t.device), out)
+    """The structure of a sub-layer's output as OutputShape entries (a tensor, or a tuple with Nones)."""
+    return map_output(lambda t: OutputShape(t.shape, t.dtype, t.device), out)
 
 
 def zeros_of(shapes, runner: RunPlan):
     """Zeros with the structure output_shape() recorded, from the runner's shared zero tensors."""
-    if isinstance(shapes, _Shape):
+    if isinstance(shapes, OutputShape):
         return runner.zeros(shapes)
     return type(shapes)(None if s is None else runner.zeros(s) for s in shapes)
 

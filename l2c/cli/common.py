@@ -160,7 +160,6 @@ NOT_FOR_FLUX = (
     ("eta", 0.0),
     ("guided_channels", "auto"),
     ("dtype", "fp32"),
-    ("compile", False),
 )
 
 

@@ -6,12 +6,14 @@ lookups (`actions[step][index]`), so Dynamo guards on the step number and compil
 docs/benchmarks.md). One graph per distinct plan row would stop that, but each would be the whole model: a DDIM-50
 plan has up to 26 distinct rows, each a full DiT-XL/2 compile.
 
-Here a block's graph depends only on what the plan does with its two sub-layers at this model call: compute and
-keep the output for later steps, compute only, take a given output (reuse), forecast it from given terms (order 1
-or 2), or drop it. That is at most 6 x 6 = 36 graphs per block kind (DiT: one kind; U-ViT: blocks without / with a
-long skip), whatever the plan and the number of steps, shared by all blocks of the kind (parameters are graph
-inputs), per batch size and precision; a plan uses few of them (TaylorSeer order 2: 4, its first forecasts being of
-lower order). A forecast is summed inside the graph, f0 + c1·F1 (+ c2·F2), with the coefficients as 0-d tensors (no
+Here a block's graph depends only on what the plan does with its sub-layers at this model call: compute and keep
+the output for later steps, compute only, take a given output (reuse), forecast it from given terms (order 1 or 2),
+or drop it. For two sub-layers per block that is at most 6 x 6 = 36 graphs per block kind (DiT: one kind; U-ViT:
+blocks without / with a long skip; FLUX: double blocks with three sub-layers, single blocks), whatever the plan and
+the number of steps, shared by all blocks of the kind (parameters are graph inputs), per batch size and precision;
+a plan uses few of them (TaylorSeer order 2: 4, its first forecasts being of lower order). Outputs keep their
+structure (a joint attention's (image, text) pair is given, forecast or zeroed per element), and the model's own
+call may pass everything by keyword, as diffusers pipelines do. A forecast is summed inside the graph, f0 + c1·F1 (+ c2·F2), with the coefficients as 0-d tensors (no
 recompilation per step), so the compiler can fuse it with the block's gate and residual add: one pass over the
 stored tensors where eager sampling makes four (no faster on a 2-core CPU, where dispatch dominates at small widths:
 docs/benchmarks.md). Between blocks, the model's own forward (embeddings, the block loop, the head) runs eagerly, as
@@ -31,7 +33,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..cache.hooks import RunPlan, signature
+from ..cache.forecast import map_output
+from ..cache.hooks import OutputShape, RunPlan, output_shape, signature
 from ..cache.layout import layout_for, sublayers
 from ..cache.plan import COMPUTE, DROP, REUSE, CachePlan
 
@@ -54,23 +57,37 @@ class _Route:
         self.given: torch.Tensor | None = None  # the output to return when not computed (f0 of a forecast)
         self.terms: tuple = ()  # a forecast's (difference, 0-d coefficient) pairs: given + sum(c * F)
         self.fresh: torch.Tensor | None = None  # the computed output, when the plan keeps it
+        self.zeros = None  # a dropped output's structure (l2c.cache.hooks.output_shape): the graph makes the zeros
 
 
 def _routed_forward(route: _Route, *args, **kwargs):
-    # Traced into the block's graph: the branch taken is fixed per graph.
+    # Traced into the block's graph: the branch taken is fixed per graph. An output is a tensor or a tuple of tensors
+    # (a joint attention's (image, text) pair); given / terms / zeros have the output's structure.
     if route.what == _GIVEN:
         return route.given
-    if route.what == _FORECAST1:
-        ((d1, c1),) = route.terms
-        return route.given + c1 * d1
-    if route.what == _FORECAST2:
-        (d1, c1), (d2, c2) = route.terms
-        return route.given + c1 * d1 + c2 * d2
+    if route.what in (_FORECAST1, _FORECAST2):
+        if isinstance(route.given, torch.Tensor):
+            return _forecast(route.given, route.terms)
+        return type(route.given)(None if g is None else _forecast(g, t) for g, t in zip(route.given, route.terms))
     if route.what == _ZERO:
-        return torch.zeros_like(args[0])
+        return _zeros(route.zeros)
     out = type(route.module).forward(route.module, *args, **kwargs)
     if route.what == _COMPUTE_KEEP:
         route.fresh = out  # a graph output; handed to the plan's store after the model call
+    return out
+
+
+def _zeros(shape):
+    # Made inside the graph, so the compiler can fold them into the block's add (no stored tensor is read).
+    if isinstance(shape, OutputShape):
+        return torch.zeros(shape.size, dtype=shape.dtype, device=shape.device)
+    return type(shape)(None if s is None else _zeros(s) for s in shape)
+
+
+def _forecast(f0: torch.Tensor, terms) -> torch.Tensor:
+    out = f0
+    for d, c in terms:
+        out = out + c * d
     return out
 
 
@@ -84,7 +101,8 @@ def _not_computed(*args, **kwargs):
 
 
 class CompiledCache:
-    """Compile the blocks of a DiT / U-ViT and run a CachePlan (or nothing: plan=None) around them.
+    """Compile the blocks of a model with a cache layout (our DiT / U-ViT, a diffusers transformer) and run a
+    CachePlan (or nothing: plan=None) around them.
 
     The same API as CacheEngine for sampling: `wrap(denoise)`, `detach()`, context manager. Compilation happens at
     the first call of each pattern; compiled graphs outlive `detach()` (Dynamo caches them per code object), so a
@@ -108,6 +126,7 @@ class CompiledCache:
         self.runner = RunPlan(plan) if plan is not None else None
         self.actions = plan.actions.tolist() if plan is not None else None
         self.keep = plan.keep().tolist() if plan is not None else None
+        self.drops = (plan.actions == DROP).any(0).tolist() if plan is not None else None  # per sub-layer
         self.cudagraphs = mode in _CUDAGRAPH_MODES and next(model.parameters()).device.type == "cuda"
         self.step, self.slot = 0, -1
         self.routes = [_Route(m) for m in self.modules]
@@ -129,7 +148,7 @@ class CompiledCache:
         for block in self.blocks:
             block.compile(fullgraph=True, dynamic=False, mode=mode, backend=backend)
         self._handles = [
-            self.model.register_forward_pre_hook(self._before_call),
+            self.model.register_forward_pre_hook(self._before_call, with_kwargs=True),
             self.model.register_forward_hook(self._after_call),
         ]
 
@@ -173,34 +192,47 @@ class CompiledCache:
 
         return compiled_denoise
 
-    def _before_call(self, model, args):
+    def _before_call(self, model, args, kwargs):
         self.slot += 1
         if self.runner is None:
             return
         actions, keep = self.actions[self.step], self.keep[self.step]
-        # The runner keys what it stores by the model call's argument shapes: a call of other shapes (a new batch
-        # size) computes what the plan would have reused, and the runner stores it afresh after the call.
-        self._args = args
-        shapes = signature(args, {})
+        # The runner keys what it stores by the model call's argument shapes (diffusers models are called by
+        # keyword): a call of other shapes (a new batch size) computes what the plan would have reused, and the
+        # runner stores it afresh after the call.
+        self._args, self._kwargs = args, kwargs
+        shapes = signature(args, kwargs)
+        runner = self.runner
         for index, route in enumerate(self.routes):
             action = actions[index]
             route.given = None
-            if action != COMPUTE and self.runner.signatures.get((self.slot, index)) != shapes:
+            if action != COMPUTE and runner.signatures.get((self.slot, index)) != shapes:
                 route.what = _COMPUTE_KEEP
                 continue
             if action == COMPUTE:
-                route.what = _COMPUTE_KEEP if keep[index] else _COMPUTE
+                # A sub-layer the plan drops later hands its output over once per run, for the zeros' shape.
+                needs_shape = self.drops[index] and runner.output_structure(self.slot, index) is None
+                route.what = _COMPUTE_KEEP if keep[index] or needs_shape else _COMPUTE
                 continue
             if action in (REUSE, DROP):
-                route.what = _ZERO if action == DROP else _GIVEN
-                # The plan's reuse (and its release of histories nobody reads again); DROP only needs a tensor
-                # for the shape, and the graph makes its own zeros.
-                given = self.runner(self.step, self.slot, index, _not_computed, args, {})
-                route.given = given if action != DROP else None
+                # The plan's reuse (and its release of histories nobody reads again); for DROP the runner's zeros
+                # give the output's structure and the graph makes its own.
+                given = runner(self.step, self.slot, index, _not_computed, args, kwargs)
+                if action == DROP:
+                    route.what, route.zeros = _ZERO, output_shape(given)
+                else:
+                    route.what, route.given = _GIVEN, given
                 continue
-            route.given, terms = self.runner.forecast_terms(self.step, self.slot, index)
-            route.what = (_GIVEN, _FORECAST1, _FORECAST2)[len(terms)]  # the order the history holds so far
-            route.terms = tuple((d, self._coefficient(c, d)) for d, c in terms)
+            route.given, terms = runner.forecast_terms(self.step, self.slot, index)
+            if isinstance(route.given, torch.Tensor):
+                order = len(terms)
+                route.terms = tuple((d, self._coefficient(c, d)) for d, c in terms)
+            else:  # a tuple output: one term list per element
+                order = min(len(t) for t in terms if t is not None)
+                route.terms = tuple(
+                    None if t is None else tuple((d, self._coefficient(c, d)) for d, c in t) for t in terms
+                )
+            route.what = (_GIVEN, _FORECAST1, _FORECAST2)[order]  # the order the history holds so far
 
     def _coefficient(self, value: float, like: torch.Tensor) -> torch.Tensor:
         # A graph input rather than a Python number, which Dynamo would bake into the graph (one graph per value).
@@ -218,8 +250,8 @@ class CompiledCache:
                 continue
             fresh, route.fresh = route.fresh, None
             if fresh is not None and self.cudagraphs:
-                fresh = fresh.clone()  # the next replay of this graph overwrites its outputs
-            self.runner(self.step, self.slot, index, _returning(fresh), self._args, {})
+                fresh = map_output(torch.Tensor.clone, fresh)  # the next replay of this graph overwrites its outputs
+            self.runner(self.step, self.slot, index, _returning(fresh), self._args, self._kwargs)
 
     @property
     def peak_stored_bytes(self) -> int:

@@ -52,10 +52,13 @@ class DiTWorkload:
         return x.float()  # the sampler's state is the model's own space (pixels, or latents for the VAE)
 
     def noise(self, seeds: list[int]) -> torch.Tensor:
+        return self.sampling_noise(seeds)[0]
+
+    def sampling_noise(self, seeds: list[int]):
+        """(x, randn_like): the initial state and where a stochastic sampler (DDPM, η > 0) draws on, per image."""
         param = next(self.model.parameters())
-        return StackedRandomGenerator(seeds, param.device).randn(
-            (len(seeds), *self.shape), dtype=param.dtype, device=param.device
-        )
+        generator = StackedRandomGenerator(seeds, param.device)
+        return generator.randn((len(seeds), *self.shape), dtype=param.dtype, device=param.device), generator.randn_like
 
     def denoiser(self, indices: torch.Tensor):
         transformer = self.model

@@ -11,10 +11,10 @@ from torch import nn
 
 from ..cache.engine import CacheEngine
 from ..cache.plan import CachePlan
-from ..sampling import StackedRandomGenerator, make_sampler
+from ..sampling import make_sampler
 from ..sampling.diffusion import DiffusionSpec
-from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import SAMPLERS
+from ..sampling.workload import ClassWorkload
 from ..utils.io import atomic_output
 from ..utils.precision import check_precision, precision_scope
 from ..utils.progress import progress_bar
@@ -72,17 +72,17 @@ def generate(
     Image i depends only on seeds[i] and classes[i], whatever the batch size. runtime_cache(model) -> an attached
     cache with wrap(denoise) and detach() that decides at run time (l2c.cache.first_block), instead of a plan.
 
-    `model` may also be a workload (l2c.jobs.workload.FluxWorkload; `spec` is then unused): its own sampler at
-    config.steps, and classes[i] picks image i's prompt (flux-mnist: its class).
+    `model` may also be a workload (l2c.jobs.workload: FLUX, a diffusers DiT; `spec` is then unused): its own
+    sampler at config.steps, and classes[i] picks image i's prompt (flux-mnist: its class). Our models run as a
+    ClassWorkload, so every model is sampled by the same loop as the schedule search runs it.
     """
     if len(classes) != len(seeds):
         raise ValueError(f"{len(seeds)} seeds but {len(classes)} classes")
-    if is_workload(model):
-        return _generate_workload(model, seeds, classes, config, plan, decode, progress, runtime_cache)
-    bad = [c for c in classes if not 0 <= c < model.null_class]
+    workload = _workload(model, spec, config)
+    sampler = workload.sampler
+    bad = [c for c in classes if not 0 <= c < workload.num_prompts]
     if bad:
-        raise ValueError(f"class labels {bad[:5]} are outside 0..{model.null_class - 1} for this model")
-    sampler = config.make_sampler(spec)
+        raise ValueError(f"class labels {bad[:5]} are outside 0..{workload.num_prompts - 1} for this model")
     if plan is not None and plan.num_steps != sampler.num_evaluations:
         raise ValueError(
             f"the cache plan has {plan.num_steps} steps but {config.sampler} with --steps {config.steps} "
@@ -92,26 +92,19 @@ def generate(
         raise ValueError("give a cache plan or a run-time cache, not both")
     if config.compile and runtime_cache is not None:
         raise ValueError("compiled sampling runs a cache plan (or none), not a run-time cache")
+    net = workload.model
     if runtime_cache is not None:
-        engine = runtime_cache(model)
+        engine = runtime_cache(net)
     elif config.compile:  # compiled blocks, with or without a plan (CompiledCache runs the plan itself)
-        engine = CompiledCache(model, plan, config.compile_mode)
+        engine = CompiledCache(net, plan, config.compile_mode)
     else:
-        engine = CacheEngine(model, plan) if plan is not None else None
+        engine = CacheEngine(net, plan) if plan is not None else None
     out = []
     try:
         batches = range(0, len(seeds), config.batch_size)
         for start in progress_bar(batches, disable=not progress or len(batches) < 2, desc="sample"):
-            out.append(
-                _sample_batch(
-                    model,
-                    sampler,
-                    seeds[start : start + config.batch_size],
-                    classes[start : start + config.batch_size],
-                    config,
-                    engine,
-                )
-            )
+            chosen = slice(start, start + config.batch_size)
+            out.append(_sample_batch(workload, seeds[chosen], classes[chosen], config, engine))
     finally:
         if engine is not None:
             engine.detach()
@@ -129,63 +122,28 @@ def network(model) -> nn.Module:
     return model.model if is_workload(model) else model
 
 
-def _generate_workload(workload, seeds, indices, config: SampleConfig, plan, decode, progress, runtime_cache):
-    # The same runs as the schedule search's (l2c.training.trajectory_error): the workload's noise, denoiser and
-    # sampler, with the cache engine wrapped around the denoiser.
-    if config.sampler != workload.sampler.name or config.guidance_scale != workload.cfg:
+def _workload(model, spec: DiffusionSpec, config: SampleConfig):
+    """The workload generation runs: one of our class-conditional models with the configured sampler and guidance
+    (the runs of the schedule search, l2c.training.trajectory_error), or a given workload at config.steps."""
+    if not is_workload(model):
+        sampler = config.make_sampler(spec)
+        return ClassWorkload(model, sampler, config.guidance_scale, None, config.guidance, config.guided_channels)
+    if config.sampler != model.sampler.name or config.guidance_scale != model.cfg:
         raise ValueError(
-            f"this workload samples with {workload.sampler.name} at guidance {workload.cfg}, not {config.sampler} at "
+            f"this workload samples with {model.sampler.name} at guidance {model.cfg}, not {config.sampler} at "
             f"{config.guidance_scale}"
         )
-    if config.compile:
-        raise ValueError("compiled sampling (--compile) runs our DiT / U-ViT, not a diffusers transformer")
-    bad = [i for i in indices if not 0 <= i < workload.num_prompts]
-    if bad:
-        raise ValueError(f"class labels {bad[:5]} are outside 0..{workload.num_prompts - 1} for this model")
-    workload = workload.with_steps(config.steps)
-    sampler = workload.sampler
-    if plan is not None and plan.num_steps != sampler.num_evaluations:
-        raise ValueError(
-            f"the cache plan has {plan.num_steps} steps but {sampler.name} with --steps {config.steps} makes "
-            f"{sampler.num_evaluations} model evaluations: use a router trained for them"
-        )
-    if plan is not None and runtime_cache is not None:
-        raise ValueError("give a cache plan or a run-time cache, not both")
-    model = workload.model
-    engine = (
-        runtime_cache(model) if runtime_cache is not None else CacheEngine(model, plan) if plan is not None else None
-    )
-    out = []
-    try:
-        batches = range(0, len(seeds), config.batch_size)
-        for start in progress_bar(batches, disable=not progress or len(batches) < 2, desc="sample"):
-            chosen = slice(start, start + config.batch_size)
-            z = workload.noise(seeds[chosen])
-            denoise, copies = workload.denoiser(torch.tensor(indices[chosen], dtype=torch.long))
-            if engine is not None:
-                denoise = engine.wrap(denoise)
-            out.append(workload.images(sampler.sample(denoise, torch.cat([z] * copies))[: len(z)]))
-    finally:
-        if engine is not None:
-            engine.detach()
-    x = torch.cat(out)
-    return decode(x) if decode is not None else x
+    return model.with_steps(config.steps)
 
 
-def _sample_batch(model, sampler, seeds, classes, config: SampleConfig, engine):
-    n = len(seeds)
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    y = torch.tensor(classes, dtype=torch.long, device=device)
-    noise = StackedRandomGenerator(seeds, device)
-    shape = (n, model.in_channels, model.input_size, model.input_size)
-    z = noise.randn(shape, dtype=dtype, device=device)
-    denoise, copies = guided_denoiser(model, y, config.guidance_scale, config.guidance, config.guided_channels)
+def _sample_batch(workload, seeds, indices, config: SampleConfig, engine):
+    z, randn_like = workload.sampling_noise(seeds)
+    denoise, copies = workload.denoiser(torch.tensor(indices, dtype=torch.long))
     if engine is not None:
         denoise = engine.wrap(denoise)
-    with precision_scope(model, config.dtype):
-        x = sampler.sample(denoise, torch.cat([z] * copies), noise.randn_like)
-    return x[:n]
+    with precision_scope(workload.model, config.dtype):
+        x = workload.sampler.sample(denoise, torch.cat([z] * copies), randn_like)
+    return workload.images(x[: len(z)])
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

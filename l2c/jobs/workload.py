@@ -81,6 +81,10 @@ class FluxWorkload:
         z = StackedRandomGenerator(seeds, "cpu").randn((len(seeds), *self.latent), dtype=param.dtype)
         return pack_latents(z).to(param.device)
 
+    def sampling_noise(self, seeds: list[int]):
+        """(x, None): FLUX's samplers draw no noise after the first."""
+        return self.noise(seeds), None
+
     def denoiser(self, indices: torch.Tensor):
         rows = indices.cpu() % len(self.prompts["prompt_embeds"])
         chosen = {}
