@@ -1,7 +1,7 @@
 """PSNR of learned schedules against uncached sampling on the same seeds (8-bit images, 95 % bootstrap interval).
 
     python benchmarks/schedule_psnr.py --model dit-mnist --steps 50 --images 1000 \
-        --reference /work/runs/uncached-d50.npy old.safetensors new.safetensors
+        --reference uncached-d50.npy old.safetensors new.safetensors
 
 Seeds 0 .. images - 1, classes in turn (the seeds of the results pages; the schedule search measures its moves on
 seeds from 10**7 on, so these are unseen by it). Each router file runs the plan it describes (router_plan: its

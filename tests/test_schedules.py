@@ -673,3 +673,23 @@ def test_target_speedup_is_a_budget_in_measured_time(tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["predicted_speedup"] == pytest.approx(1 / meta["predicted_time"])
     assert "batch 16" in shown["predicted_on"]
+
+
+def test_a_time_budget_schedule_is_a_sweep_point_running_its_own_plan(tmp_path):
+    """compare --sweep's learned method takes a --target-speedup file (no MAC target) at the MAC fraction it spends,
+    and runs the plan the file describes, as l2c sample does."""
+    from l2c.cache.macs import profile_macs
+    from l2c.methods import METHODS
+    from l2c.methods.base import SweepContext
+
+    out = tmp_path / "t.safetensors"
+    args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out), "--search-rounds", "0"]
+    assert main(["train-router", *args, "--target-speedup", "1.05", "--cost-batch", "8"]) == 0
+    router, meta = load_router(out)
+    assert meta["target_macs"] is None
+    macs = profile_macs("DiT-tiny")
+    ctx = SweepContext("ddim", 6, 6, router.num_sublayers, [], macs, schedule_routers=[(str(out), router, meta)])
+    (point,) = METHODS["learned"].points(ctx)
+    plan = router_plan(router, meta)
+    assert point.value == meta["met_macs"] and torch.equal(point.plan.actions, plan.actions)
+    assert point.info["met_macs"] == pytest.approx(macs.fraction(plan)) and point.info["target_time"] == 1 / 1.05

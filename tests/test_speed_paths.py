@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import pytest
 import torch
@@ -187,3 +188,34 @@ def test_cli_sample_dtype(tmp_path, capsys):
     assert main([*args, "--dtype", "bf16", "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").exists()
     assert main([*args, "--dtype", "fp8"]) == 2
+
+
+def test_inductor_fuses_forecast_gate_and_residual_into_one_pass():
+    """A block whose two sub-layers are both forecast (order 2) compiles to one pass over the stored tensors:
+    f0 + c1·F1 + c2·F2 of both sub-layers, their gates and both residual adds in a single generated kernel, with no
+    intermediate buffer of the activations' size (eager sampling makes one pass per operation)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    model, spec = _tiny("dit")
+    config = SampleConfig(sampler="ddim", steps=5, guidance_scale=1.0, batch_size=2, compile=True)
+    L = len(sublayers(model))
+    actions = torch.full((5, L), COMPUTE, dtype=torch.int8)
+    actions[3:] = FORECAST2  # three computed evaluations give every sub-layer its order-2 history
+    plan = CachePlan.from_actions(actions)
+    _, sources = run_and_get_code(generate, model, spec, [0, 1], [3, 4], config, plan, progress=False)
+    # The graph of the forecast pattern: the only one without the attention's and MLP's matrix products.
+    forecast = [code for code in sources if "bmm" not in code and code.count("extern_kernels.addmm") <= 1]
+    assert len(forecast) == 1, [code.count("addmm") for code in sources]
+    code = forecast[0]
+    tokens, width = model.pos_embed.shape[1], model.pos_embed.shape[2]
+    activation = f"(2, {tokens}, {width})"
+    allocations = code.count(f"empty_strided_cpu({activation}")
+    assert allocations == 1, f"{allocations} buffers of the activation's size (the block's output only)"
+    # Two kernels: the adaLN input (SiLU of the conditioning, before its Linear) and one over the activations.
+    kernels = set(re.findall(r"cpp_fused_\w+", code))
+    fused = [k for k in kernels if "silu" not in k]
+    assert len(kernels) == 2 and len(fused) == 1, kernels
+    call = re.search(fused[0] + r"\(([^)]*)\)", code[code.index("def call") :]).group(1).split(", ")
+    # It reads the block input, the adaLN output (the gates) and f0, F1, F2 of both sub-layers, and writes the output.
+    assert len([a for a in call if a.startswith("arg")]) >= 1 + 2 * 3, call

@@ -39,8 +39,8 @@ import torch
 from ..cache.engine import CacheEngine
 from ..cache.macs import MacProfile
 from ..cache.plan import ACTION_NAMES, COMPUTE, CachePlan
-from ..sampling.guidance import guided_denoiser
 from ..sampling.samplers import Sampler
+from ..sampling.workload import ClassWorkload
 from ..utils.progress import progress_bar
 
 ACTIONS = ("reuse", "forecast1", "forecast2")  # gradient training relaxes forecast2 as forecast1
@@ -282,7 +282,7 @@ def train_schedule(
 def _rollout(model, engine, sampler, logits, opt, macs, config, z, y):
     """One sampling run from noise z under the schedule, optimising the logits every `window` evaluations.
     Returns (mean per-evaluation loss, MAC fraction of the schedule it ran)."""
-    student, copies = guided_denoiser(model, y, config.guidance_scale)
+    student, copies = ClassWorkload(model, sampler, config.guidance_scale).denoiser(y)  # as sampling runs it
     x = torch.cat([z] * copies)
     losses, window_loss, done, history = [], 0.0, 0, {}
 
