@@ -186,7 +186,7 @@ def test_counted_foca_arithmetic_matches_the_terms_summed():
     x = torch.zeros(3)
     for j, c in enumerate(computed):
         if c:
-            runner(j, 0, 0, lambda v: v + j * j, (x,), {})
+            runner(j, 0, 0, lambda v, j=j: v + j * j, (x,), {})
         else:
             terms.append(len(runner.forecast_terms(j, 0, 0)[1]))
     assert terms == [n for n, c in zip(used[:, 0].tolist(), computed) if not c]

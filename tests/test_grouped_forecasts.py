@@ -141,8 +141,14 @@ def test_grouped_sampling_equals_per_sublayer(preset, sampler):
     plan = CachePlan.from_actions(actions)
 
     def sample(grouped):
-        z = torch.randn(3, model.in_channels, model.input_size, model.input_size, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(0))
+        z = torch.randn(
+            3,
+            model.in_channels,
+            model.input_size,
+            model.input_size,
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(0),
+        )
         denoise, copies = guided_denoiser(model, torch.tensor([1, 2, 3]), 1.5)
         with CacheEngine(model, plan, grouped=grouped) as engine:
             return sampler.sample(engine.wrap(denoise), torch.cat([z] * copies)), engine.peak_stored_bytes

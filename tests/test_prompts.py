@@ -10,7 +10,6 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from l2c.jobs.flux_sampling import flux_pipeline  # noqa: E402
 from l2c.jobs.prompts import encode_prompts, read_prompts, text_components_missing  # noqa: E402
 from l2c.jobs.workload import FluxWorkload  # noqa: E402
 from l2c.sampling.flow_matching import DiffusersFlowMatchEuler  # noqa: E402
@@ -154,10 +153,14 @@ def test_bad_prompts_on_the_command_line_exit_2_before_any_work(pipeline_folder,
         ([*flux, "--prompts", str(tmp_path / "empty.txt")], "holds no prompt"),
         ([*flux, "--prompts", str(tmp_path / "p.txt"), "--conditioning", str(tmp_path / "p.txt")], "pass one"),
         ([*flux, "--prompts", str(tmp_path / "p.txt"), "--model", str(folder / "transformer")], "text_encoder"),
-        (["train-router", "--model", "flux-mnist", "--target-macs", "0.6", "--prompts", str(tmp_path / "p.txt")],
-         "brings its class prompts"),
-        (["sample", "--model", "dit-mnist", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "x.png")],
-         "class-conditional"),
+        (
+            ["train-router", "--model", "flux-mnist", "--target-macs", "0.6", "--prompts", str(tmp_path / "p.txt")],
+            "brings its class prompts",
+        ),
+        (
+            ["sample", "--model", "dit-mnist", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "x.png")],
+            "class-conditional",
+        ),
     ]
     for argv, message in cases:
         capsys.readouterr()

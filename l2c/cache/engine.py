@@ -137,9 +137,7 @@ class CacheEngine(SublayerHooks):
                (l2c.cache.grouped); the outputs are those of the per-sub-layer form.
     """
 
-    def __init__(
-        self, model: nn.Module, plan: CachePlan | None = None, mode: str | None = None, grouped: bool = False
-    ):
+    def __init__(self, model: nn.Module, plan: CachePlan | None = None, mode: str | None = None, grouped: bool = False):
         super().__init__(model)
         if mode not in (None, "hard", "off"):
             raise ValueError(

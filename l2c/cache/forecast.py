@@ -207,7 +207,8 @@ class TupleHistory:
         """(f0, terms) with the output's structure: a tuple of f0s and a tuple of their term lists (None for a None
         element)."""
         each = [None if p is None else p.terms(j, order) for p in self.parts]
-        return self.kind(None if t is None else t[0] for t in each), self.kind(None if t is None else t[1] for t in each)
+        f0 = self.kind(None if t is None else t[0] for t in each)
+        return f0, self.kind(None if t is None else t[1] for t in each)
 
     def forecast(self, j: int, order):
         return self.kind(None if p is None else p.forecast(j, order) for p in self.parts)

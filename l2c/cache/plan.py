@@ -126,9 +126,7 @@ class CachePlan:
         return CachePlan(self.compute, self.actions, self.form, self.max_skip, positions)
 
     @classmethod
-    def from_actions(
-        cls, actions, form: str = "newton", max_skip: int | None = None, positions=None
-    ) -> "CachePlan":
+    def from_actions(cls, actions, form: str = "newton", max_skip: int | None = None, positions=None) -> "CachePlan":
         """A plan from an integer (S, L) tensor of COMPUTE / REUSE / FORECAST1 / FORECAST2 / DROP / FOCA."""
         actions = torch.as_tensor(actions).to(torch.int8)
         return cls(actions == COMPUTE, actions, form, max_skip, positions)

@@ -56,5 +56,5 @@ def _log_snr(sampler, times: list[float]) -> list[float]:
         return [0.5 * math.log(a / (1 - a)) for a in reversed([float(v) for v in abar])]
     raise ValueError(
         f"{getattr(sampler, 'name', type(sampler).__name__)} has no VP noise schedule to take a log-SNR from "
-        "(flow matching starts at σ = 1): position forecasts by \"time\""
+        '(flow matching starts at σ = 1): position forecasts by "time"'
     )

@@ -184,7 +184,14 @@ def load_workload(args):
     negative = getattr(args, "negative_prompt", "")
     with library_output_held():  # a broken folder's library warnings join the error's one line
         return flux_workload(
-            args.model, args.conditioning, args.steps, args.cfg, height, width, args.device, prompts=prompts,
+            args.model,
+            args.conditioning,
+            args.steps,
+            args.cfg,
+            height,
+            width,
+            args.device,
+            prompts=prompts,
             negative_prompt=negative,
         )
 

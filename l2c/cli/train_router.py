@@ -217,9 +217,8 @@ def run_schedule(args) -> int:
     if args.conditioning is not None or args.prompts is not None:
         raise ValueError("--conditioning / --prompts are for a FLUX folder's prompts; this model is class-conditional")
     from ..cache.macs import profile_macs
-    from ..sampling.workload import ClassWorkload
-
     from ..integrations.diffusers_convert import NotConvertible
+    from ..sampling.workload import ClassWorkload
 
     try:
         model, spec, meta = load_model(args)

@@ -6,20 +6,21 @@ lookups (`actions[step][index]`), so Dynamo guards on the step number and compil
 docs/benchmarks.md). One graph per distinct plan row would stop that, but each would be the whole model: a DDIM-50
 plan has up to 26 distinct rows, each a full DiT-XL/2 compile.
 
-Here a block's graph depends only on what the plan does with its sub-layers at this model call: compute and keep
-the output for later steps, compute only, take a given output (reuse), forecast it from given terms (order 1 or 2),
-or drop it. For two sub-layers per block that is at most 6 x 6 = 36 graphs per block kind (DiT: one kind; U-ViT:
-blocks without / with a long skip; FLUX: double blocks with three sub-layers, single blocks), whatever the plan and
-the number of steps, shared by all blocks of the kind (parameters are graph inputs), per batch size and precision;
-a plan uses few of them (TaylorSeer order 2: 4, its first forecasts being of lower order). Outputs keep their
+Here a block's graph depends only on what the plan does with its sub-layers at this model call: compute and keep the
+output for later steps, compute only, take a given output (reuse), forecast it from given terms (order 1 or 2), or
+drop it. For two sub-layers per block that is at most 6 x 6 = 36 graphs per block kind (DiT: one kind; U-ViT: blocks
+without / with a long skip; FLUX: double blocks with three sub-layers, single blocks), whatever the plan and the
+number of steps, shared by all blocks of the kind (parameters are graph inputs), per batch size and precision; a
+plan uses few of them (TaylorSeer order 2: 4, its first forecasts being of lower order). Outputs keep their
 structure (a joint attention's (image, text) pair is given, forecast or zeroed per element), and the model's own
-call may pass everything by keyword, as diffusers pipelines do. A forecast is summed inside the graph, f0 + c1·F1 (+ c2·F2), with the coefficients as 0-d tensors (no
-recompilation per step), so the compiler can fuse it with the block's gate and residual add: one pass over the
-stored tensors where eager sampling makes four (no faster on a 2-core CPU, where dispatch dominates at small widths:
-docs/benchmarks.md). Between blocks, the model's own forward (embeddings, the block loop, the head) runs eagerly, as
-does the plan bookkeeping: before each model call every non-computed sub-layer's output (or its forecast's terms)
-comes from the engine's own RunPlan (l2c.cache.hooks), and after it the computed outputs the plan keeps are handed
-back to it, so reuse, forecasting, dropping and the memory release are exactly those of eager cached sampling.
+call may pass everything by keyword, as diffusers pipelines do. A forecast is summed inside the graph, f0 + c1·F1
+(+ c2·F2), with the coefficients as 0-d tensors (no recompilation per step), so the compiler can fuse it with the
+block's gate and residual add: one pass over the stored tensors where eager sampling makes four (no faster on a
+2-core CPU, where dispatch dominates at small widths: docs/benchmarks.md). Between blocks, the model's own forward
+(embeddings, the block loop, the head) runs eagerly, as does the plan bookkeeping: before each model call every
+non-computed sub-layer's output (or its forecast's terms) comes from the engine's own RunPlan (l2c.cache.hooks), and
+after it the computed outputs the plan keeps are handed back to it, so reuse, forecasting, dropping and the memory
+release are exactly those of eager cached sampling.
 
 CUDA graphs (`mode="reduce-overhead"` or `"max-autotune"` on CUDA): a new CUDA-graph generation is marked at every
 model evaluation, and kept outputs are cloned out of the graph's memory pool before the next replay overwrites them.
