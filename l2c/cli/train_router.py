@@ -75,7 +75,11 @@ def _add_training_knobs(g) -> None:
 
 def _add_search_knobs(g) -> None:
     g.add_argument(
-        "--action", choices=["forecast2", "forecast1", "reuse"], default="forecast2", help="what a skipped cell does"
+        "--action",
+        choices=["forecast2", "forecast1", "reuse", "auto"],
+        default=None,
+        help="what a skipped cell does; auto: the forecast order with the lower held-out error on the search's "
+        "start (default: auto for flux-mnist and FLUX folders, forecast2 otherwise)",
     )
     g.add_argument("--search-rounds", type=int, default=2, help="rounds of budget-neutral moves (0: no search)")
     g.add_argument("--search-images", type=int, default=64, help="held-out noise seeds each move is measured on")
@@ -159,6 +163,12 @@ def run(args) -> int:
     return 0
 
 
+def _default_action(args) -> str:
+    """forecast2 where it measured best (dit-mnist, uvit-mnist); measured per search where order 1 did better
+    (flux-mnist: docs/forecast-positions.md) and for FLUX folders, whose order is unknown in advance."""
+    return "auto" if is_flux(args) and args.search_rounds and not args.iterations else "forecast2"
+
+
 def schedule_config(args):
     """The schedule-training settings of the command line (validated before any work)."""
     from ..training.trajectory import ScheduleTrainConfig
@@ -183,7 +193,7 @@ def schedule_config(args):
         raise ValueError("--search-minutes needs a value > 0 and a search (--search-rounds > 0), which it bounds")
     return ScheduleTrainConfig(
         target_macs=target,
-        action=args.action,
+        action=args.action or _default_action(args),
         form=args.forecast_form,
         window=args.window,
         search_rounds=args.search_rounds,
