@@ -211,10 +211,11 @@ def start_evaluations(E: int, macs: MacProfile, config: ScheduleTrainConfig) -> 
 
 def warmup_rows(E: int, count: int, warm: int) -> list[int] | None:
     """`count` fully computed evaluations: the first `warm` back to back, the rest spread evenly after them with the
-    last gap as long as the others (None where fewer than two are left to spread). Early evaluations change fastest
-    (high noise): on flux-mnist at 28 steps, interval 2 forecast at order 1 was 43.9 dB from the uncached images with
-    evaluations 0, 2, 4, ... and 51.8 dB with 0, 1, 2 computed first (diffusers' TaylorSeer computes its first three
-    steps too); the search's moves shift one evaluation at a time and do not find that from an even spread."""
+    last gap as long as the others (None where fewer than two are left to spread). diffusers' TaylorSeer computes
+    its first three steps before it forecasts (disable_cache_before_step); the search's moves shift one evaluation at
+    a time and would not reach such a start from an even spread, so it is measured as a start of its own. It is not
+    always better: on flux-mnist at 2x and 3x the even spread of as many evaluations had the lower held-out error
+    (docs/learned-schedules.md)."""
     rest = count - warm
     if warm < 1 or rest < 2 or count > E:
         return None
