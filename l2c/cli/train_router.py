@@ -78,8 +78,7 @@ def _add_search_knobs(g) -> None:
         "--action",
         choices=["forecast2", "forecast1", "reuse", "auto"],
         default=None,
-        help="what a skipped cell does; auto: the forecast order with the lower held-out error on the search's "
-        "start (default: auto for flux-mnist and FLUX folders, forecast2 otherwise)",
+        help="what a skipped cell does; auto: the measured better order (default: auto for FLUX, else forecast2)",
     )
     g.add_argument("--search-rounds", type=int, default=2, help="rounds of budget-neutral moves (0: no search)")
     g.add_argument("--search-images", type=int, default=64, help="held-out noise seeds each move is measured on")
