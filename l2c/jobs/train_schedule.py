@@ -91,9 +91,16 @@ def train_schedule_job(
     if cost is not None:
         macs = cost[0]  # every budget computation below spends predicted seconds instead of MACs
     E, L = sampler.num_evaluations, len(macs.sublayer_linear)
-    order_errors = None
+    order_errors = error = None
+    if config.search_rounds:  # the search's held-out error; "auto" measures the forecast orders with it first
+        pixels = meta["pixel_space"] if "pixel_space" in meta else not is_latent(meta)
+        clip = PIXEL_RANGE if config.error_on == "images" and pixels else None
+        every = -(-sampler.num_steps // config.search_snapshots) if config.search_snapshots else 0
+        error = TrajectoryError(
+            model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every, workload
+        )
     if config.action == "auto":
-        config, order_errors = _choose_order(model, meta, sampler, macs, config, workload)
+        config, order_errors = _choose_order(E, L, macs, config, error)
         print(
             f"forecast order: {config.action} (held-out error of the evenly spread start: "
             + ", ".join(f"{a} {e:.3f}" for a, e in order_errors.items())
@@ -135,9 +142,7 @@ def train_schedule_job(
     if config.search_rounds:
         deadline = Deadline(config.search_minutes)
         ranked = config.search_method == "ranked"
-        clip, every = _error_settings(meta, sampler, config)
         scale = config.guidance_scale
-        error = TrajectoryError(model, sampler, scale, config.search_images, SEARCH_SEED, clip, every, workload)
         blocks = group_by_block(sublayer_blocks(model))  # the sub-layers a block move shifts together
         check = screen = None
         if config.check_images:
@@ -186,7 +191,7 @@ def train_schedule_job(
             measured = ", ".join(f"{n} ({e:.3f})" for n, e in start_errors.items() if e is not None)
             print(f"search start: {name}; held-out errors: {measured}", flush=True)
         start, start_error = starts[name][0], start_errors[name]
-        grown_start = stopped is not None and under is not None and name == grown_name
+        grown_start = stopped is not None and name == grown_name  # stopped is set by the growth alone
         if deadline.passed("the moves"):
             actions, trace = start, SearchTrace()
         else:
@@ -296,24 +301,11 @@ def train_schedule_job(
     return router, router_meta
 
 
-def _error_settings(meta: dict, sampler: Sampler, config: ScheduleTrainConfig) -> tuple:
-    """(clip, snapshot interval) of the search's TrajectoryError."""
-    pixels = meta["pixel_space"] if "pixel_space" in meta else not is_latent(meta)
-    clip = PIXEL_RANGE if config.error_on == "images" and pixels else None
-    every = -(-sampler.num_steps // config.search_snapshots) if config.search_snapshots else 0
-    return clip, every
-
-
-def _choose_order(model, meta, sampler, macs, config, workload) -> tuple[ScheduleTrainConfig, dict]:
+def _choose_order(E: int, L: int, macs, config, error) -> tuple[ScheduleTrainConfig, dict]:
     """config with action "auto" resolved: the forecast order whose evenly spread start (the most whole
     evaluations that fit, every other cell forecast) has the lower error on the search's held-out seeds. Order 2
     measured better on dit-mnist (TaylorSeer N 3: 45.7 against 40.0 dB at N 4 for order 1), order 1 on flux-mnist
     (interval 3: 37.0 against 35.3 dB), so neither is right for every model."""
-    clip, every = _error_settings(meta, sampler, config)
-    error = TrajectoryError(
-        model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every, workload
-    )
-    E, L = sampler.num_evaluations, len(macs.sublayer_linear)
     errors = {}
     for action in ("forecast1", "forecast2"):
         candidate = replace(config, action=action)
@@ -327,7 +319,7 @@ def _choose_start(starts: dict, error, form: str, deadline: Deadline) -> tuple[s
     time to measure, the first start: an interval's (trimmed or grown) beat the even spread on every budget measured
     (docs/learned-schedules.md)."""
     errors = {name: measured for name, (_, measured) in starts.items()}
-    if len(starts) == 1 or deadline.passed("the choice of a start"):
+    if len(starts) == 1:
         return next(iter(starts)), errors
     for name, (actions, measured) in starts.items():
         if measured is None:
