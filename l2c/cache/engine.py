@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from .hooks import Blend, Bypass, Record, RunPlan, output_shape, signature, zeros_of
-from .layout import describe, sublayer_inputs, sublayers  # noqa: F401  (sublayers: re-exported for callers)
+from .layout import describe, layout_for, sublayer_inputs, sublayers  # noqa: F401  (sublayers: re-exported)
 from .plan import CachePlan
+from .shortcuts import norms_unwrapped, shortcut_for
 
 # Models with an engine attached. Kept outside the model so that detaching leaves its __dict__ untouched.
 _ATTACHED: weakref.WeakSet = weakref.WeakSet()
@@ -152,8 +153,10 @@ class CacheEngine(SublayerHooks):
         self.behaviour = self._runner or Bypass()
         self._attach()
         self._inputs: list[tuple[nn.Module, object, object]] = []  # (module, saved forward, our wrapper)
+        self._block_calls: dict[tuple, tuple] = {}  # (slot, block) -> argument shapes of its last hooked run
         if self._runner is not None:
             self._skip_unread_inputs(plan)
+            self._shortcut_skipped_blocks(plan)
 
     def _skip_unread_inputs(self, plan: CachePlan) -> None:
         """While the plan runs, a sub-layer it does not compute at this evaluation does not read its input, so the
@@ -198,6 +201,46 @@ class CacheEngine(SublayerHooks):
             self._inputs.append((module, module.__dict__.get("forward"), wrapper))
             module.forward = wrapper
 
+    def _shortcut_skipped_blocks(self, plan: CachePlan) -> None:
+        """A block none of whose sub-layers the plan computes at this evaluation runs as its shortcut
+        (l2c.cache.shortcuts): the gated residual adds of the outputs the runner answers, nothing else. Only where
+        this model call ran the block hooked before with the same argument shapes (so every sub-layer has an output
+        stored for it, from the same shapes); otherwise the block runs hooked and the runner decides as always."""
+        computed = plan.compute.tolist()
+        runner, seen = self._runner, self._block_calls
+        members: dict[int, list[int]] = {}
+        for index, sub in enumerate(self.sublayers):
+            members.setdefault(sub.block, []).append(index)
+
+        def shortcutting(b: int, block: nn.Module, shortcut, indices: list[int], forward):
+            def block_forward(*args, **kwargs):
+                if self.behaviour is not runner:
+                    return forward(*args, **kwargs)
+                step, slot = self.step, self.slot
+                key, shapes = (slot, b), signature(args, kwargs)
+                row = computed[step]
+                if (
+                    not any(row[i] for i in indices)
+                    and seen.get(key) == shapes
+                    and runner.has_outputs(slot, indices)
+                    and norms_unwrapped(block, shortcut)
+                ):
+                    return shortcut.run(block, [runner.answer(step, slot, i) for i in indices], args, kwargs)
+                out = forward(*args, **kwargs)
+                seen[key] = shapes
+                return out
+
+            return block_forward
+
+        for b, block in enumerate(layout_for(self.model).blocks(self.model)):
+            indices = members.get(b, [])
+            shortcut = shortcut_for(block, tuple(self.sublayers[i].branch for i in indices)) if indices else None
+            if shortcut is None:
+                continue
+            wrapper = shortcutting(b, block, shortcut, indices, block.forward)
+            self._inputs.append((block, block.__dict__.get("forward"), wrapper))
+            block.forward = wrapper
+
     def detach(self) -> None:
         for module, saved, wrapper in getattr(self, "_inputs", ()):
             if module.__dict__.get("forward") is not wrapper:
@@ -223,6 +266,7 @@ class CacheEngine(SublayerHooks):
         """Forget every stored output and the memory peak (automatic at step 0 of each sampling run)."""
         self.outputs.clear()
         getattr(self, "_input_calls", {}).clear()
+        self._block_calls.clear()
         if self._runner is not None:
             self._runner.reset()
         self.slot = -1

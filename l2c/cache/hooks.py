@@ -144,6 +144,12 @@ class RunPlan:
             self._remember_shape(key, out)
             self._store(step, key, out)
             return out
+        return self.answer(step, slot, index)
+
+    def answer(self, step, slot, index):
+        """A non-computed cell's output (reused, forecast, or zeros) from what this model-call slot stored, with its
+        bookkeeping; the caller has checked that the stored outputs were computed from this call's shapes."""
+        key, action = (slot, index), self.actions[step][index]
         if action == DROP:
             # (A compiled block makes its own zeros and kept no shape: it calls here for the bookkeeping only.)
             out = self._zeros_for(key) if key in self._shapes else None
