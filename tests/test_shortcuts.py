@@ -1,6 +1,9 @@
 """Block shortcuts (l2c.cache.shortcuts): a FLUX block none of whose sub-layers the plan computes runs as its gated
 residual adds, bit-identical to the hooked block for every action, guidance slot and forecast form; its norms and
-skipped children do not run; any other forward source, a wrapped norm, or a new shape runs the block hooked."""
+skipped children do not run; any other forward source, a wrapped norm, or a new shape runs the block hooked; the
+measured cost model counts what a one-sub-layer block's shortcut saves in that sub-layer's cost."""
+
+import time
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import l2c.cache.engine as engine_module  # noqa: E402
 from l2c.cache import CacheEngine  # noqa: E402
+from l2c.cache.costs import measure_time_profile  # noqa: E402
 from l2c.cache.layout import describe  # noqa: E402
 from l2c.cache.plan import COMPUTE, DROP, FOCA, FORECAST1, FORECAST2, REUSE, CachePlan  # noqa: E402
 from l2c.cache.shortcuts import SHORTCUTS, Shortcut, shortcut_for  # noqa: E402
@@ -162,3 +166,39 @@ def test_other_forwards_a_wrapped_norm_or_a_new_shape_run_the_block_hooked(monke
     _hooked(monkeypatch)
     slow = _run(model, plan, calls=1, batches=batches)
     assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+
+
+def _slowed(monkeypatch, norm, seconds):
+    """The norm's class forward, `seconds` slower on this instance (an instance wrapper would hide it from hooks)."""
+    original = type(norm).forward
+
+    def slow(self, *args, **kwargs):
+        if self is norm:
+            time.sleep(seconds)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(norm), "forward", slow)
+
+
+def test_the_cost_of_a_one_sublayer_block_includes_what_its_shortcut_saves(monkeypatch):
+    """A FLUX single block's norm is skipped with its one sub-layer (the shortcut), so its time counts in that
+    sub-layer's cost; a double block's norm1 is skipped only when all three of its sub-layers are: it stays in the
+    evaluation's fixed part."""
+    model = _flux()
+    subs = describe(model)
+    outputs = [1.0] * len(subs)
+    x = _inputs(1.0)
+
+    def profile():
+        return measure_time_profile(model, lambda: model(**x), outputs, 2, repeats=3)[1]
+
+    base = profile()
+    _slowed(monkeypatch, model.single_transformer_blocks[0].norm, 0.2)  # far above timing noise on a busy CPU
+    single = profile()
+    monkeypatch.undo()
+    _slowed(monkeypatch, model.transformer_blocks[0].norm1, 0.2)
+    double = profile()
+    first_single = [s.name for s in subs].index("single_transformer_blocks.0.proj_out")
+    gained = [a - b for a, b in zip(single["sublayer_s"], base["sublayer_s"])]
+    assert gained[first_single] > 0.15 and max(abs(g) for i, g in enumerate(gained) if i != first_single) < 0.1
+    assert max(a - b for a, b in zip(double["sublayer_s"], base["sublayer_s"])) < 0.1  # in the fixed part

@@ -9,7 +9,12 @@ evaluation (docs/benchmarks.md). The model here measures, once, on the device, d
   uncached evaluations (median of a few);
 * what every evaluation computes whatever the plan (embeddings, gates, residuals, the head): the evaluation's time
   less the sub-layers';
-* one element-wise pass over one element (an add with a scale into a preallocated buffer, the forecast's own op).
+* one element-wise pass over one element (an add with a scale into a preallocated buffer, the forecast's own op);
+* for a block of one sub-layer that has a shortcut (l2c.cache.shortcuts: a FLUX single block), what skipping that
+  sub-layer saves besides its own span: the block's norms and concatenations less the shortcut's gated add, both
+  timed. It is added to the sub-layer's cost (the plan skips the whole block exactly when it skips that sub-layer).
+  A block of several sub-layers saves its own such share only when all of them are skipped, which a per-sub-layer
+  cost cannot express: it stays in the evaluation's fixed part (predictions err towards slower, never faster).
 
 It is returned as a MacProfile in seconds (sub-layer "MACs" = seconds, the forecast cost per output element = the
 seconds of one pass), so every budget computation (l2c.router.budget, the schedule search) works on it unchanged:
@@ -24,8 +29,9 @@ import time
 import torch
 from torch import nn
 
-from .layout import describe
+from .layout import describe, layout_for
 from .macs import MacProfile
+from .shortcuts import shortcut_for
 
 
 def _sync(device: torch.device) -> None:
@@ -56,10 +62,31 @@ def measure_time_profile(model: nn.Module, call, sublayer_outputs: list[float], 
 
         handles += [m.register_forward_pre_hook(begin) for m in modules]
         handles.append(s.module.register_forward_hook(end))
+    shortcut_blocks = _one_sublayer_shortcuts(model, subs)
+    block_spent = {i: [] for i in shortcut_blocks}
+    seen_calls: dict[int, tuple] = {}  # sub-layer -> (block args, kwargs, the sub-layer's output) of one call
+    for i, (block, _) in shortcut_blocks.items():
+
+        def block_begin(m, a, k, i=i):
+            _sync(device)
+            seen_calls.setdefault(i, (a, k))
+            started[("block", i)] = time.perf_counter()
+
+        def block_end(m, a, o, i=i):
+            _sync(device)
+            block_spent[i].append(time.perf_counter() - started.pop(("block", i)))
+
+        def output(m, a, o, i=i):
+            if len(seen_calls.get(i, ())) == 2:
+                seen_calls[i] = (*seen_calls[i], o)
+
+        handles.append(block.register_forward_pre_hook(block_begin, with_kwargs=True))
+        handles.append(block.register_forward_hook(block_end))
+        handles.append(subs[i].module.register_forward_hook(output))
     totals = []
     try:
         call()  # warm-up: allocations, kernels, caches
-        for lst in spent:
+        for lst in (*spent, *block_spent.values()):
             lst.clear()
         started.clear()
         for _ in range(repeats):
@@ -72,6 +99,12 @@ def measure_time_profile(model: nn.Module, call, sublayer_outputs: list[float], 
         for h in handles:
             h.remove()
     per_sublayer = [statistics.median(_per_evaluation(lst, repeats)) for lst in spent]
+    for i, (block, shortcut) in shortcut_blocks.items():
+        args, kwargs, out = seen_calls[i]
+        calls = max(1, len(block_spent[i]) // repeats)  # block calls per evaluation (two-call guidance: 2)
+        spans = _per_evaluation(block_spent[i], repeats)
+        shortcut_s = calls * _timed(shortcut.run, (block, [out], args, kwargs), device, repeats)
+        per_sublayer[i] += max(0.0, statistics.median(spans) - per_sublayer[i] - shortcut_s)
     total = statistics.median(totals)
     always = max(0.0, total - sum(per_sublayer))
     per_pass = element_pass_seconds(int(max(sublayer_outputs)) * batch, next(model.parameters()).dtype, device)
@@ -86,6 +119,30 @@ def measure_time_profile(model: nn.Module, call, sublayer_outputs: list[float], 
     }
     profile = profile_from_record(record, sublayer_outputs)
     return profile, record
+
+
+def _one_sublayer_shortcuts(model: nn.Module, subs) -> dict:
+    """{sub-layer index: (its block, the block's shortcut)} for the blocks with one sub-layer and a shortcut."""
+    found = {}
+    for b, block in enumerate(layout_for(model).blocks(model)):
+        members = [i for i, s in enumerate(subs) if s.block == b]
+        if len(members) == 1:
+            shortcut = shortcut_for(block, (subs[members[0]].branch,))
+            if shortcut is not None:
+                found[members[0]] = (block, shortcut)
+    return found
+
+
+def _timed(fn, fn_args: tuple, device: torch.device, repeats: int) -> float:
+    """Median seconds of fn(*fn_args) over `repeats` runs after one warm-up."""
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn(*fn_args)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
 
 
 def _per_evaluation(times: list[float], repeats: int) -> list[float]:
