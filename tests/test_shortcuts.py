@@ -1,7 +1,7 @@
 """Block shortcuts (l2c.cache.shortcuts): a FLUX block none of whose sub-layers the plan computes runs as its gated
 residual adds, bit-identical to the hooked block for every action, guidance slot and forecast form; its norms and
 skipped children do not run; any other forward source, a wrapped norm, or a new shape runs the block hooked; the
-measured cost model counts what a one-sub-layer block's shortcut saves in that sub-layer's cost."""
+measured cost model counts each block's glue (what its shortcut skips) apart from its sub-layers."""
 
 import time
 
@@ -13,7 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import l2c.cache.engine as engine_module  # noqa: E402
 from l2c.cache import CacheEngine  # noqa: E402
-from l2c.cache.costs import measure_time_profile  # noqa: E402
+from l2c.cache.costs import measure_time_profile, profile_from_record  # noqa: E402
 from l2c.cache.layout import describe  # noqa: E402
 from l2c.cache.plan import COMPUTE, DROP, FOCA, FORECAST1, FORECAST2, REUSE, CachePlan  # noqa: E402
 from l2c.cache.shortcuts import SHORTCUTS, Shortcut, shortcut_for  # noqa: E402
@@ -180,25 +180,31 @@ def _slowed(monkeypatch, norm, seconds):
     monkeypatch.setattr(type(norm), "forward", slow)
 
 
-def test_the_cost_of_a_one_sublayer_block_includes_what_its_shortcut_saves(monkeypatch):
-    """A FLUX single block's norm is skipped with its one sub-layer (the shortcut), so its time counts in that
-    sub-layer's cost; a double block's norm1 is skipped only when all three of its sub-layers are: it stays in the
-    evaluation's fixed part."""
+def test_the_cost_model_counts_each_blocks_glue_apart_from_its_sublayers(monkeypatch):
+    """A block's norms are skipped with all of its sub-layers (the shortcut): their time is the block's glue, paid
+    at an evaluation that computes any of the block's sub-layers, not part of any sub-layer's cost."""
     model = _flux()
     subs = describe(model)
-    outputs = [1.0] * len(subs)
     x = _inputs(1.0)
 
-    def profile():
-        return measure_time_profile(model, lambda: model(**x), outputs, 2, repeats=3)[1]
+    def record():
+        return measure_time_profile(model, lambda: model(**x), [1.0] * len(subs), 2, repeats=3)[1]
 
-    base = profile()
-    _slowed(monkeypatch, model.single_transformer_blocks[0].norm, 0.2)  # far above timing noise on a busy CPU
-    single = profile()
-    monkeypatch.undo()
-    _slowed(monkeypatch, model.transformer_blocks[0].norm1, 0.2)
-    double = profile()
-    first_single = [s.name for s in subs].index("single_transformer_blocks.0.proj_out")
-    gained = [a - b for a, b in zip(single["sublayer_s"], base["sublayer_s"])]
-    assert gained[first_single] > 0.15 and max(abs(g) for i, g in enumerate(gained) if i != first_single) < 0.1
-    assert max(a - b for a, b in zip(double["sublayer_s"], base["sublayer_s"])) < 0.1  # in the fixed part
+    base = record()
+    members = [m for m, _ in base["block_glue_s"]]
+    assert members == [[0, 1, 2], [3, 4, 5], [6], [7]]  # two double blocks, two single blocks
+    _slowed(monkeypatch, model.transformer_blocks[1].norm1, 0.2)  # far above timing noise on a busy CPU
+    _slowed(monkeypatch, model.single_transformer_blocks[0].norm, 0.2)
+    slowed = record()
+    gained = [a[1] - b[1] for a, b in zip(slowed["block_glue_s"], base["block_glue_s"])]
+    assert gained[1] > 0.15 and gained[2] > 0.15 and abs(gained[0]) < 0.1 and abs(gained[3]) < 0.1
+    assert max(a - b for a, b in zip(slowed["sublayer_s"], base["sublayer_s"])) < 0.1
+
+    profile = profile_from_record(slowed, [1.0] * len(subs))
+    row = [True] * len(subs)
+    skip_double = [i not in (3, 4, 5) for i in range(len(subs))]
+    partly = [i != 4 for i in range(len(subs))]
+    glue = slowed["block_glue_s"][1][1] / 2  # per image
+    assert profile.per_evaluation(row) - profile.per_evaluation(skip_double) > glue  # sub-layers and glue saved
+    saved_partly = profile.per_evaluation(row) - profile.per_evaluation(partly)
+    assert abs(saved_partly - slowed["sublayer_s"][4] / 2) < 1e-12  # one of three skipped: the block is entered

@@ -10,11 +10,10 @@ evaluation (docs/benchmarks.md). The model here measures, once, on the device, d
 * what every evaluation computes whatever the plan (embeddings, gates, residuals, the head): the evaluation's time
   less the sub-layers';
 * one element-wise pass over one element (an add with a scale into a preallocated buffer, the forecast's own op);
-* for a block of one sub-layer that has a shortcut (l2c.cache.shortcuts: a FLUX single block), what skipping that
-  sub-layer saves besides its own span: the block's norms and concatenations less the shortcut's gated add, both
-  timed. It is added to the sub-layer's cost (the plan skips the whole block exactly when it skips that sub-layer).
-  A block of several sub-layers saves its own such share only when all of them are skipped, which a per-sub-layer
-  cost cannot express: it stays in the evaluation's fixed part (predictions err towards slower, never faster).
+* for each block that has a shortcut (l2c.cache.shortcuts: FLUX's), its glue: what the block costs besides its
+  sub-layers (norms, modulation, concatenations, gated adds) less what its shortcut costs, both timed. The glue is
+  paid at an evaluation where any of the block's sub-layers computes, and saved where none does
+  (MacProfile.block_glue). Router files made before this record have no glue: it stays in the fixed part.
 
 It is returned as a MacProfile in seconds (sub-layer "MACs" = seconds, the forecast cost per output element = the
 seconds of one pass), so every budget computation (l2c.router.budget, the schedule search) works on it unchanged:
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 
 import torch
 from torch import nn
@@ -62,33 +62,15 @@ def measure_time_profile(model: nn.Module, call, sublayer_outputs: list[float], 
 
         handles += [m.register_forward_pre_hook(begin) for m in modules]
         handles.append(s.module.register_forward_hook(end))
-    shortcut_blocks = _one_sublayer_shortcuts(model, subs)
-    block_spent = {i: [] for i in shortcut_blocks}
-    seen_calls: dict[int, tuple] = {}  # sub-layer -> (block args, kwargs, the sub-layer's output) of one call
-    for i, (block, _) in shortcut_blocks.items():
-
-        def block_begin(m, a, k, i=i):
-            _sync(device)
-            seen_calls.setdefault(i, (a, k))
-            started[("block", i)] = time.perf_counter()
-
-        def block_end(m, a, o, i=i):
-            _sync(device)
-            block_spent[i].append(time.perf_counter() - started.pop(("block", i)))
-
-        def output(m, a, o, i=i):
-            if len(seen_calls.get(i, ())) == 2:
-                seen_calls[i] = (*seen_calls[i], o)
-
-        handles.append(block.register_forward_pre_hook(block_begin, with_kwargs=True))
-        handles.append(block.register_forward_hook(block_end))
-        handles.append(subs[i].module.register_forward_hook(output))
+    glue = _BlockGlue(model, subs, device)
+    handles += glue.handles
     totals = []
     try:
         call()  # warm-up: allocations, kernels, caches
-        for lst in (*spent, *block_spent.values()):
+        for lst in spent:
             lst.clear()
         started.clear()
+        glue.clear()
         for _ in range(repeats):
             _sync(device)
             t0 = time.perf_counter()
@@ -99,14 +81,9 @@ def measure_time_profile(model: nn.Module, call, sublayer_outputs: list[float], 
         for h in handles:
             h.remove()
     per_sublayer = [statistics.median(_per_evaluation(lst, repeats)) for lst in spent]
-    for i, (block, shortcut) in shortcut_blocks.items():
-        args, kwargs, out = seen_calls[i]
-        calls = max(1, len(block_spent[i]) // repeats)  # block calls per evaluation (two-call guidance: 2)
-        spans = _per_evaluation(block_spent[i], repeats)
-        shortcut_s = calls * _timed(shortcut.run, (block, [out], args, kwargs), device, repeats)
-        per_sublayer[i] += max(0.0, statistics.median(spans) - per_sublayer[i] - shortcut_s)
+    block_glue = glue.costs(per_sublayer, repeats)
     total = statistics.median(totals)
-    always = max(0.0, total - sum(per_sublayer))
+    always = max(0.0, total - sum(per_sublayer) - sum(cost for _, cost in block_glue))
     per_pass = element_pass_seconds(int(max(sublayer_outputs)) * batch, next(model.parameters()).dtype, device)
     record = {
         "device": str(device),
@@ -115,22 +92,63 @@ def measure_time_profile(model: nn.Module, call, sublayer_outputs: list[float], 
         "evaluation_s": total,
         "always_s": always,
         "sublayer_s": per_sublayer,
+        "block_glue_s": [[members, cost] for members, cost in block_glue],
         "pass_s_per_element": per_pass,
     }
     profile = profile_from_record(record, sublayer_outputs)
     return profile, record
 
 
-def _one_sublayer_shortcuts(model: nn.Module, subs) -> dict:
-    """{sub-layer index: (its block, the block's shortcut)} for the blocks with one sub-layer and a shortcut."""
-    found = {}
-    for b, block in enumerate(layout_for(model).blocks(model)):
-        members = [i for i, s in enumerate(subs) if s.block == b]
-        if len(members) == 1:
-            shortcut = shortcut_for(block, (subs[members[0]].branch,))
+class _BlockGlue:
+    """Times each block that has a shortcut, keeps one call's inputs and its sub-layers' outputs, and gives its glue:
+    the block's span less its sub-layers' spans and less its shortcut (timed on that call), per evaluation."""
+
+    def __init__(self, model: nn.Module, subs, device: torch.device):
+        self.device = device
+        self.blocks = []  # (block, shortcut, member sub-layer indices)
+        for b, block in enumerate(layout_for(model).blocks(model)):
+            members = [i for i, s in enumerate(subs) if s.block == b]
+            shortcut = shortcut_for(block, tuple(subs[i].branch for i in members)) if members else None
             if shortcut is not None:
-                found[members[0]] = (block, shortcut)
-    return found
+                self.blocks.append((block, shortcut, members))
+        self.spans = [[] for _ in self.blocks]
+        self.calls: list[tuple | None] = [None] * len(self.blocks)  # (args, kwargs) of the block's first call
+        self.outputs = [{} for _ in self.blocks]  # sub-layer -> its output in that call
+        self.handles = []
+        started: dict[int, float] = {}
+        for k, (block, _, members) in enumerate(self.blocks):
+
+            def begin(m, a, kw, k=k):
+                _sync(device)
+                if self.calls[k] is None:
+                    self.calls[k] = (a, kw)
+                started[k] = time.perf_counter()
+
+            def end(m, a, o, k=k):
+                _sync(device)
+                self.spans[k].append(time.perf_counter() - started.pop(k))
+
+            def output(m, a, o, k=k, i=None):
+                self.outputs[k].setdefault(i, o)
+
+            self.handles.append(block.register_forward_pre_hook(begin, with_kwargs=True))
+            self.handles.append(block.register_forward_hook(end))
+            self.handles += [subs[i].module.register_forward_hook(partial(output, i=i)) for i in members]
+
+    def clear(self) -> None:
+        for spans in self.spans:
+            spans.clear()
+
+    def costs(self, per_sublayer: list[float], repeats: int) -> list[tuple[list[int], float]]:
+        found = []
+        for k, (block, shortcut, members) in enumerate(self.blocks):
+            args, kwargs = self.calls[k]
+            outputs = [self.outputs[k][i] for i in members]
+            calls = max(1, len(self.spans[k]) // repeats)  # block calls per evaluation (two-call guidance: 2)
+            span = statistics.median(_per_evaluation(self.spans[k], repeats))
+            shortcut_s = calls * _timed(shortcut.run, (block, outputs, args, kwargs), self.device, repeats)
+            found.append((members, max(0.0, span - sum(per_sublayer[i] for i in members) - shortcut_s)))
+        return found
 
 
 def _timed(fn, fn_args: tuple, device: torch.device, repeats: int) -> float:
@@ -176,4 +194,5 @@ def profile_from_record(record: dict, sublayer_outputs: list[float]) -> MacProfi
         [0.0] * len(record["sublayer_s"]),
         record["always_s"] / batch,
         [n * record["pass_s_per_element"] for n in sublayer_outputs],
+        [(members, cost / batch) for members, cost in record.get("block_glue_s", [])],
     )

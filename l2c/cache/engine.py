@@ -13,6 +13,9 @@ restores the attribute exactly. The dispatcher hands every call to the engine's 
     with engine.bypassed(): ...                # compute, store nothing (the teacher)
     with engine.blending(beta): ...            # β·fresh + (1 − β)·recorded
 
+Where the plan computes none of a block's sub-layers at an evaluation, a block with a shortcut (l2c.cache.shortcuts:
+FLUX's) is not entered: its output is built from the cached outputs and its gates alone, bit-identical.
+
 A forward pre-hook on the root model numbers the model calls within one evaluation ("slots"): U-ViT's two-call
 guidance gets two independent caches while DiT's doubled batch uses one. `begin_step(j)` starts evaluation j
 (j = 0 also forgets everything stored: a new sampling run), `begin_evaluation()` starts a new group of calls without

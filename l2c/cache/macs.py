@@ -34,6 +34,9 @@ class MacProfile:
     sublayer_attention: list[float]  # (L,) attention-matmul MACs (non-zero for attention sub-layers only)
     always_linear: float  # Linear/Conv MACs outside the cacheable sub-layers (embeddings, adaLN, skips, head)
     sublayer_outputs: list[float] = field(default_factory=list)  # (L,) output elements of one call, batch 1
+    # Blocks with a shortcut (l2c.cache.shortcuts), in a measured time profile only: (the block's sub-layer indices,
+    # what it costs besides them while any of them computes). A block none of whose sub-layers computes skips it.
+    block_glue: list[tuple[list[int], float]] = field(default_factory=list)
 
     def per_evaluation(self, compute_row, convention: str = "paper") -> float:
         per = (
@@ -41,7 +44,13 @@ class MacProfile:
             if convention == "paper"
             else [a + b for a, b in zip(self.sublayer_linear, self.sublayer_attention)]
         )
-        return self.always_linear + sum(m for m, c in zip(per, compute_row) if c)
+        glue = sum(cost for members, cost in self.block_glue if any(compute_row[i] for i in members))
+        return self.always_linear + glue + sum(m for m, c in zip(per, compute_row) if c)
+
+    @property
+    def fixed(self) -> float:
+        """What an evaluation costs besides its sub-layers if every block is entered (the glue counted as paid)."""
+        return self.always_linear + sum(cost for _, cost in self.block_glue)
 
     def full(self, convention: str = "paper") -> float:
         return self.per_evaluation([True] * len(self.sublayer_linear), convention)

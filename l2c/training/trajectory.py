@@ -158,14 +158,14 @@ def soft_cost(beta: torch.Tensor, macs: MacProfile) -> torch.Tensor:
     per = torch.tensor(macs.sublayer_linear, dtype=beta.dtype, device=beta.device)
     evaluations = beta.shape[0]
     full = evaluations * macs.full()
-    return (evaluations * macs.always_linear + (beta * per).sum()) / full
+    return (evaluations * macs.fixed + (beta * per).sum()) / full
 
 
 def budget_mask(scores: torch.Tensor, macs: MacProfile, target: float) -> torch.Tensor:
     """0/1 (E, L): evaluation 0, then the best-scored cells while their sub-layer MACs fit `target`."""
     E, L = scores.shape
     per = torch.tensor(macs.sublayer_linear, dtype=torch.float64)
-    spare = target * E * macs.full() - E * macs.always_linear - float(per.sum())  # after evaluation 0
+    spare = target * E * macs.full() - E * macs.fixed - float(per.sum())  # after evaluation 0
     order = scores[1:].detach().flatten().argsort(descending=True)
     cost = per.repeat(E - 1)[order].cumsum(0)
     mask = torch.zeros((E - 1) * L, dtype=scores.dtype, device=scores.device)
