@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +173,11 @@ def main() -> None:
     began = time.time()
     ref, _ = sample(workload, images, None, args.images, args.batch)
     draws = np.random.default_rng(0).integers(0, args.images, size=(1000, args.images))
-    print(f"{args.model}: {sampler.name}, {E} evaluations, {L} sub-layers, {args.images} images; uncached run "
-          f"{time.time() - began:.0f} s", flush=True)
+    print(
+        f"{args.model}: {sampler.name}, {E} evaluations, {L} sub-layers, {args.images} images; uncached run "
+        f"{time.time() - began:.0f} s",
+        flush=True,
+    )
     rows = []
     for n in args.intervals:
         base = {}
@@ -183,7 +187,7 @@ def main() -> None:
             if coordinate is None:
                 plan = interval_plan(E, L, n, FORECAST1, None)
                 compute = plan.compute.tolist()
-                x, peak = sample(workload, images, None, args.images, args.batch, lambda: CacheDitFoCa(compute))
+                x, peak = sample(workload, images, None, args.images, args.batch, partial(CacheDitFoCa, compute))
             else:
                 plan = interval_plan(E, L, n, ACTIONS[forecast], positions[coordinate])
                 x, peak = sample(workload, images, plan, args.images, args.batch)
@@ -196,15 +200,23 @@ def main() -> None:
                 row["delta"], row["delta_low"], row["delta_high"] = delta_ci(mse, base[forecast], draws)
             row["peak_mib_per_image"] = peak / 2**20 / min(args.batch, args.images)
             rows.append(row)
-            delta = f"  Δ vs index {row['delta']:+.2f} [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}]" if (
-                "delta" in row) else ""
-            print(f"N={n} {forecast:>14} {coordinate or '(own steps)':>8}: {row['psnr']:.2f} dB "
-                  f"[{row['low']:.2f}, {row['high']:.2f}]{delta}", flush=True)
-    print(f"\n| N | forecast | positions | PSNR dB (95 % CI) | Δ vs index (95 % CI) |\n|---|---|---|---|---|")
+            delta = (
+                f"  Δ vs index {row['delta']:+.2f} [{row['delta_low']:+.2f}, {row['delta_high']:+.2f}]"
+                if ("delta" in row)
+                else ""
+            )
+            print(
+                f"N={n} {forecast:>14} {coordinate or '(own steps)':>8}: {row['psnr']:.2f} dB "
+                f"[{row['low']:.2f}, {row['high']:.2f}]{delta}",
+                flush=True,
+            )
+    print("\n| N | forecast | positions | PSNR dB (95 % CI) | Δ vs index (95 % CI) |\n|---|---|---|---|---|")
     for r in rows:
         d = f"{r['delta']:+.2f} ({r['delta_low']:+.2f}, {r['delta_high']:+.2f})" if "delta" in r else ""
-        print(f"| {r['interval']} | {r['forecast']} | {r['positions'] or 'its step count'} | "
-              f"{r['psnr']:.2f} ({r['low']:.2f}, {r['high']:.2f}) | {d} |")
+        print(
+            f"| {r['interval']} | {r['forecast']} | {r['positions'] or 'its step count'} | "
+            f"{r['psnr']:.2f} ({r['low']:.2f}, {r['high']:.2f}) | {d} |"
+        )
     if args.json:
         meta = {"model": args.model, "sampler": sampler.name, "evaluations": E, "images": args.images}
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -49,8 +49,10 @@ def main() -> None:
     workload = ClassWorkload(model, sampler, 1.5)
     E, L = sampler.num_evaluations, len(sublayers(model))
     seeds = list(range(args.batch))
-    print(f"{args.model} {sampler.name} {E} evaluations, batch {args.batch}, {device_name(args.device)}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.model} {sampler.name} {E} evaluations, batch {args.batch}, {device_name(args.device)}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print("| plan | per sub-layer s | grouped s | grouped / per sub-layer |\n|---|---|---|---|")
     for n in args.intervals:
         for name, action in ACTIONS.items():
@@ -65,8 +67,7 @@ def main() -> None:
                     z = workload.noise(seeds)
                     images[grouped] = sampler.sample(engine.wrap(denoise), torch.cat([z] * copies))
 
-            times = time_runs({"alone": lambda: run(False), "grouped": lambda: run(True)}, args.repeats, 1,
-                              args.device)
+            times = time_runs({"alone": lambda: run(False), "grouped": lambda: run(True)}, args.repeats, 1, args.device)
             if not torch.allclose(images[False], images[True], rtol=1e-5, atol=1e-5):
                 raise SystemExit(f"{name} N={n}: grouped images differ from the per-sub-layer ones")
             a, b = times["alone"]["median_s"], times["grouped"]["median_s"]
