@@ -11,6 +11,8 @@ from torch import nn
 
 diffusers = pytest.importorskip("diffusers")
 
+from test_layouts import _build  # noqa: E402
+
 import l2c.cache.engine as engine_module  # noqa: E402
 from l2c.cache import CacheEngine  # noqa: E402
 from l2c.cache.costs import measure_time_profile, profile_from_record  # noqa: E402
@@ -26,22 +28,7 @@ def _randn(*shape, seed=0):
 
 
 def _flux():
-    torch.manual_seed(0)
-    model = diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    ).eval()
-    with torch.no_grad():  # random non-zero weights everywhere (zero-initialised gates would hide every sub-layer)
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return model
+    return _build("flux")[0]  # diffusers' tiny test config, random non-zero weights everywhere
 
 
 def _inputs(t, slot=0, batch=2):
