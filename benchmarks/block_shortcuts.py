@@ -28,9 +28,9 @@ from l2c.cache.layout import sublayers  # noqa: E402
 from l2c.cache.plan import COMPUTE, REUSE, CachePlan  # noqa: E402
 from l2c.cache.schedules import taylorseer  # noqa: E402
 from l2c.integrations.diffusers import apply, resolve_plan  # noqa: E402
-from l2c.jobs.flux_sampling import class_prompts, flux_pipeline  # noqa: E402
+from l2c.jobs.flux_sampling import flux_mnist_latents, flux_pipeline  # noqa: E402
 from l2c.jobs.timing import device_name, time_runs  # noqa: E402
-from l2c.models.flux_mnist import DEFAULT_CFG, DEFAULT_STEPS, IMAGE_SIZE, load_flux_mnist  # noqa: E402
+from l2c.models.flux_mnist import DEFAULT_CFG, DEFAULT_STEPS, load_flux_mnist  # noqa: E402
 from l2c.utils.cpu_memory import keep_freed_memory  # noqa: E402
 
 
@@ -53,16 +53,7 @@ def main() -> None:
     seeds = list(range(args.batch))
 
     def sample():
-        return pipe(
-            **class_prompts(conditioning, [s % 10 for s in seeds]),
-            true_cfg_scale=DEFAULT_CFG,
-            height=IMAGE_SIZE,
-            width=IMAGE_SIZE,
-            num_inference_steps=S,
-            generator=[torch.Generator().manual_seed(s) for s in seeds],
-            output_type="latent",
-            return_dict=False,
-        )[0]
+        return flux_mnist_latents(pipe, conditioning, seeds, [s % 10 for s in seeds], S, DEFAULT_CFG)
 
     reuse = torch.full((S, L), REUSE, dtype=torch.int8)
     reuse[0] = COMPUTE

@@ -67,6 +67,7 @@ from diffusers_side_by_side import L2C_PLANS, Parser, UsageError, _ci, _list, _p
 from diffusers_side_by_side import check_restored, quality, quiet_cache_dit, snapshot  # noqa: E402
 
 from l2c.integrations.diffusers import apply, resolve_plan  # noqa: E402
+from l2c.jobs.flux_sampling import flux_mnist_latents  # noqa: E402
 from l2c.jobs.generate import to_uint8  # noqa: E402
 from l2c.jobs.pareto import front_rows  # noqa: E402
 from l2c.jobs.sweep_store import SweepStore, json_safe  # noqa: E402
@@ -156,14 +157,15 @@ def _target_speedup(path: str) -> float | None:
     return float(m[1]) if m else None
 
 
-def train_missing_routers(paths: list[str]) -> None:
+def train_missing_routers(paths: list[str], latency_batch: int) -> None:
     import subprocess
 
     for path in paths:
         if not Path(path).is_file():
-            # A search bounded to 3 minutes, so that the whole benchmark stays within an afternoon on a CPU.
+            # A search bounded to 4 minutes, so that the whole benchmark stays within an afternoon on a CPU; its costs
+            # timed at the batch this script times (asked speed = measured speed at that batch).
             command = ["train-router", "--model", "flux-mnist", "--target-speedup", f"{_target_speedup(path):g}"]
-            command += ["--search-minutes", "3"]
+            command += ["--search-minutes", "4", "--cost-batch", str(latency_batch)]
             print(f"training {path}: l2c {' '.join(command)}", flush=True)
             subprocess.run([sys.executable, "-m", "l2c", *command, "--out", path], check=True)
 
@@ -193,27 +195,13 @@ class Bench:
         self.seeds = list(range(args.images))
         self.classifier = load_classifier()
 
-    def prompts(self, seeds: list[int]) -> dict:
-        from l2c.jobs.flux_sampling import class_prompts
-
-        return class_prompts(self.conditioning, [s % 10 for s in seeds])
-
 
 def sample(bench: Bench, method, seeds: list[int], reference: bool = False) -> torch.Tensor:
     """Packed latents (n, 49, 16) of FluxPipeline for `seeds`, under `method` (or the untouched reference)."""
     pipe = bench.reference if reference else bench.pipe
     steps = bench.steps if reference else method.num_steps(bench)
     with method.run(bench):
-        return pipe(
-            **bench.prompts(seeds),
-            true_cfg_scale=bench.cfg,
-            height=IMAGE_SIZE,
-            width=IMAGE_SIZE,
-            num_inference_steps=steps,
-            generator=[torch.Generator().manual_seed(s) for s in seeds],
-            output_type="latent",
-            return_dict=False,
-        )[0]
+        return flux_mnist_latents(pipe, bench.conditioning, seeds, [s % 10 for s in seeds], steps, bench.cfg)
 
 
 def images_of(latents: torch.Tensor) -> np.ndarray:
@@ -780,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flux_side_by_side: error: {message}", file=sys.stderr)
         return 2
     if args.train_missing:
-        train_missing_routers(args.routers)
+        train_missing_routers(args.routers, args.latency_batch)
     keep_freed_memory()  # as the `l2c` command does on a CPU
     bench = Bench(args)
     methods, notes = build_rows(args, bench)

@@ -59,6 +59,21 @@ def class_prompts(conditioning: dict, classes: list[int]) -> dict:
 
 
 @torch.no_grad()
+def flux_mnist_latents(pipe, conditioning: dict, seeds: list[int], classes: list[int], steps: int, cfg: float):
+    """Packed latents (n, 49, 16) of one FluxPipeline call: image i from its own generator seeded seeds[i]."""
+    return pipe(
+        **class_prompts(conditioning, classes),
+        true_cfg_scale=cfg,
+        height=IMAGE_SIZE,
+        width=IMAGE_SIZE,
+        num_inference_steps=steps,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        output_type="latent",
+        return_dict=False,
+    )[0]
+
+
+@torch.no_grad()
 def sample_flux_mnist(
     pipe,
     conditioning: dict,
@@ -75,16 +90,7 @@ def sample_flux_mnist(
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = slice(start, start + batch_size)
-        latents = pipe(
-            **class_prompts(conditioning, classes[batch]),
-            true_cfg_scale=cfg,
-            height=IMAGE_SIZE,
-            width=IMAGE_SIZE,
-            num_inference_steps=steps,
-            generator=[torch.Generator().manual_seed(s) for s in seeds[batch]],
-            output_type="latent",
-            return_dict=False,
-        )[0]  # packed (n, 49, 16)
+        latents = flux_mnist_latents(pipe, conditioning, seeds[batch], classes[batch], steps, cfg)
         out.append(to_uint8(latents_to_pixels(unpack_latents(latents.float(), 14, 14)))[..., 0])
     return np.concatenate(out)
 
