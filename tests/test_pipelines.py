@@ -64,8 +64,13 @@ def test_flux_all_compute_is_bit_identical_with_true_cfg_on_or_off(flux_pipe, tr
 def test_flux_true_cfg_calls_keep_separate_caches_named_by_the_pipeline(flux_pipe):
     first = describe(flux_pipe.transformer)[0].module  # transformer_blocks.0.attn: (image, text)
     seen, hook = _record_outputs(first)
+    actions = _reuse_plan(len(sublayers(flux_pipe.transformer))).actions.clone()
+    # The block's ff_context computes at every step, so the block is entered (no block shortcut) and its attention
+    # child hands over its cached output where the hook sees it.
+    actions[:, 2] = COMPUTE
+    plan = CachePlan.from_actions(actions)
     try:
-        with apply(flux_pipe, _reuse_plan(len(sublayers(flux_pipe.transformer)))) as handle:
+        with apply(flux_pipe, plan) as handle:
             _flux_call(flux_pipe, true_cfg=True)
             named = {slot for slot, _ in handle.engine._runner.signatures}
     finally:
