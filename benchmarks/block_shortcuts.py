@@ -65,7 +65,7 @@ def main() -> None:
 
     def cached(plan, name, shortcuts):
         def run():
-            off = mock.patch("l2c.cache.engine.shortcut_for", return_value=None)
+            off = mock.patch("l2c.cache.shortcuts.shortcut_for", return_value=None)
             with off if not shortcuts else contextlib.nullcontext():
                 handle = apply(pipe, plan)
                 try:

@@ -13,7 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from test_layouts import _build  # noqa: E402
 
-import l2c.cache.engine as engine_module  # noqa: E402
+import l2c.cache.shortcuts as shortcuts_module  # noqa: E402
 from l2c.cache import CacheEngine  # noqa: E402
 from l2c.cache.costs import measure_time_profile, profile_from_record  # noqa: E402
 from l2c.cache.layout import describe  # noqa: E402
@@ -54,7 +54,7 @@ def _run(model, plan, grouped=False, calls=2, batches=None):
 
 
 def _hooked(monkeypatch):
-    monkeypatch.setattr(engine_module, "shortcut_for", lambda block, branches: None)
+    monkeypatch.setattr(shortcuts_module, "shortcut_for", lambda block, branches: None)
 
 
 def _count_layernorms(monkeypatch, model):

@@ -29,9 +29,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from .layout import describe, layout_for
+from .layout import describe
 from .macs import MacProfile
-from .shortcuts import shortcut_for
+from .shortcuts import shortcut_blocks
 
 
 def _sync(device: torch.device) -> None:
@@ -105,12 +105,7 @@ class _BlockGlue:
 
     def __init__(self, model: nn.Module, subs, device: torch.device):
         self.device = device
-        self.blocks = []  # (block, shortcut, member sub-layer indices)
-        for b, block in enumerate(layout_for(model).blocks(model)):
-            members = [i for i, s in enumerate(subs) if s.block == b]
-            shortcut = shortcut_for(block, tuple(subs[i].branch for i in members)) if members else None
-            if shortcut is not None:
-                self.blocks.append((block, shortcut, members))
+        self.blocks = [(block, shortcut, members) for _, block, shortcut, members in shortcut_blocks(model, subs)]
         self.spans = [[] for _ in self.blocks]
         self.calls: list[tuple | None] = [None] * len(self.blocks)  # (args, kwargs) of the block's first call
         self.outputs = [{} for _ in self.blocks]  # sub-layer -> its output in that call
@@ -175,14 +170,7 @@ def element_pass_seconds(elements: int, dtype: torch.dtype, device, repeats: int
     """Seconds per element of one forecast pass: out = f0 + k·F1 into a preallocated buffer."""
     f0 = torch.randn(elements, dtype=dtype, device=device)
     f1, out = torch.randn_like(f0), torch.empty_like(f0)
-    times = []
-    for _ in range(repeats + 1):
-        _sync(f0.device)
-        t0 = time.perf_counter()
-        torch.add(f0, f1, alpha=0.5, out=out)
-        _sync(f0.device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:]) / elements
+    return _timed(partial(torch.add, alpha=0.5, out=out), (f0, f1), f0.device, repeats) / elements
 
 
 def profile_from_record(record: dict, sublayer_outputs: list[float]) -> MacProfile:

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from .hooks import Blend, Bypass, Record, RunPlan, output_shape, signature, zeros_of
-from .layout import describe, layout_for, sublayer_inputs, sublayers  # noqa: F401  (sublayers: re-exported)
+from .layout import describe, sublayer_inputs, sublayers  # noqa: F401  (sublayers: re-exported for callers)
 from .plan import CachePlan
-from .shortcuts import norms_unwrapped, shortcut_for
+from .shortcuts import norms_unwrapped, shortcut_blocks
 
 # Models with an engine attached. Kept outside the model so that detaching leaves its __dict__ untouched.
 _ATTACHED: weakref.WeakSet = weakref.WeakSet()
@@ -211,9 +211,6 @@ class CacheEngine(SublayerHooks):
         stored for it, from the same shapes); otherwise the block runs hooked and the runner decides as always."""
         computed = plan.compute.tolist()
         runner, seen = self._runner, self._block_calls
-        members: dict[int, list[int]] = {}
-        for index, sub in enumerate(self.sublayers):
-            members.setdefault(sub.block, []).append(index)
 
         def shortcutting(b: int, block: nn.Module, shortcut, indices: list[int], forward):
             def block_forward(*args, **kwargs):
@@ -235,11 +232,7 @@ class CacheEngine(SublayerHooks):
 
             return block_forward
 
-        for b, block in enumerate(layout_for(self.model).blocks(self.model)):
-            indices = members.get(b, [])
-            shortcut = shortcut_for(block, tuple(self.sublayers[i].branch for i in indices)) if indices else None
-            if shortcut is None:
-                continue
+        for b, block, shortcut, indices in shortcut_blocks(self.model, self.sublayers):
             wrapper = shortcutting(b, block, shortcut, indices, block.forward)
             self._inputs.append((block, block.__dict__.get("forward"), wrapper))
             block.forward = wrapper

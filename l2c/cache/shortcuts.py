@@ -27,6 +27,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .layout import layout_for
+
 
 @dataclass(frozen=True)
 class Shortcut:
@@ -118,6 +120,21 @@ def shortcut_for(block: nn.Module, branches: tuple[str, ...]) -> Shortcut | None
         return None  # AdaLayerNormZero with its own timestep embedding: not what FLUX builds
     digests = {cls.__name__: forward_digest(cls) for cls in classes}
     return shortcut if digests == shortcut.digests else None
+
+
+def shortcut_blocks(model: nn.Module, subs) -> list[tuple[int, nn.Module, Shortcut, list[int]]]:
+    """(block position, block, its shortcut, its sub-layer indices in `subs`) of every block of the model that has a
+    shortcut; `subs` is l2c.cache.layout.describe(model)."""
+    members: dict[int, list[int]] = {}
+    for index, sub in enumerate(subs):
+        members.setdefault(sub.block, []).append(index)
+    found = []
+    for b, block in enumerate(layout_for(model).blocks(model)):
+        indices = members.get(b)
+        shortcut = shortcut_for(block, tuple(subs[i].branch for i in indices)) if indices else None
+        if shortcut is not None:
+            found.append((b, block, shortcut, indices))
+    return found
 
 
 def norms_unwrapped(block: nn.Module, shortcut: Shortcut) -> bool:
