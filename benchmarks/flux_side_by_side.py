@@ -9,10 +9,12 @@ step under cache_context "cond" / "uncond"), output_type="latent", height = widt
 torch.Generator, as FluxPipeline takes a list) and class i % 10, whatever the batch.
 
 Rows: uncached; fewer steps; l2c (`l2c.integrations.diffusers.apply(pipe, router file or plan)`: learned schedules
-from `l2c train-router --model flux-mnist --target-speedup S`, and the training-free FORA / TaylorSeer plans);
-diffusers' hooks through `transformer.enable_cache(config)` (FirstBlockCache, TaylorSeer, MagCache, FasterCache,
-PyramidAttentionBroadcast); cache-dit 1.5.3 (`cache_dit.enable_cache(pipe, ...)`: DBCache with and without its
-TaylorSeer / FoCa / DMD calibrators, and its steps_computation_mask presets). Per row: every image in batches
+from `l2c train-router --model flux-mnist --target-speedup S`, and the training-free FORA / TaylorSeer plans; a
+schedule searched with `--steps N` samples N steps, its row "l2c learned schedule on N steps"); diffusers' hooks
+through `transformer.enable_cache(config)` (FirstBlockCache, TaylorSeer, MagCache, FasterCache,
+PyramidAttentionBroadcast; --taylorseer-fewer-steps repeats the TaylorSeer rows on fewer steps); cache-dit 1.5.3
+(`cache_dit.enable_cache(pipe, ...)`: DBCache with and without its TaylorSeer / FoCa / DMD calibrators, and its
+steps_computation_mask presets). Per row: every image in batches
 (executed work counted by forward pre-hooks on the blocks' Linear layers; quality: MNIST-FID with a 95 % bootstrap
 interval, class accuracy, PSNR against the uncached images of the same seeds), then the latency
 of one batch interleaved with an untouched uncached pipeline (l2c.jobs.timing.time_runs): speedup =
@@ -78,6 +80,7 @@ from l2c.utils.cpu_memory import keep_freed_memory  # noqa: E402
 from l2c.utils.io import atomic_output, atomic_write_json, atomic_write_text  # noqa: E402
 from l2c.utils.progress import progress_bar  # noqa: E402
 
+L2C_SCHEDULE = "l2c learned schedule"  # the family of the rows the targets are about (also "... on N steps")
 CALIBRATION_SEED = 1_000_000  # MagCache calibration seeds start here: never among the measured images
 DOUBLE = r"transformer_blocks\.\d+\.(attn|ff|ff_context)"
 SINGLE = r"single_transformer_blocks\.\d+"
@@ -104,6 +107,12 @@ def build_parser() -> Parser:
     add("--taylorseer-sublayer-intervals", type=_list(int, 1, "intervals"), default=[2, 3])
     add("--taylorseer-order", type=int, default=1)
     add("--taylorseer-warmup", type=int, default=3, help="disable_cache_before_step")
+    add(
+        "--taylorseer-fewer-steps",
+        type=_list(int, 1, "step counts"),
+        default=[],
+        help="the TaylorSeer (sub-layers) rows again on these step counts (the control for l2c on fewer steps)",
+    )
     add("--magcache-thresholds", type=_list(float, 0, "MagCache thresholds"), default=[0.06, 0.12, 0.24])
     add("--magcache-calibration-images", type=int, default=16)
     add("--pab-ranges", type=_list(int, 2, "PAB skip ranges"), default=[2, 3])
@@ -273,8 +282,12 @@ class FewerSteps(Method):
 
 
 class L2C(Method):
-    def __init__(self, family: str, setting: str, router_or_plan, config: str):
+    def __init__(self, family: str, setting: str, router_or_plan, config: str, steps: int | None = None):
         self.family, self.setting, self.target, self.config = family, setting, router_or_plan, config
+        self.steps = steps
+
+    def num_steps(self, bench):
+        return self.steps or bench.steps
 
     def attach(self, bench):
         self.handle = apply(bench.pipe, self.target)  # steps counted from the pipeline's own scheduler
@@ -286,8 +299,11 @@ class L2C(Method):
 class DiffusersHook(Method):
     """transformer.enable_cache(config) / disable_cache(), as CacheMixin offers them."""
 
-    def __init__(self, family: str, setting: str, make_config):
-        self.family, self.setting, self.make_config = family, setting, make_config
+    def __init__(self, family: str, setting: str, make_config, steps: int | None = None):
+        self.family, self.setting, self.make_config, self.steps = family, setting, make_config, steps
+
+    def num_steps(self, bench):
+        return self.steps or bench.steps
 
     def attach(self, bench):
         config = self.make_config(bench)
@@ -370,11 +386,14 @@ def l2c_rows(args, bench) -> list[Method]:
     rows = []
     for path in args.routers:
         plan = resolve_plan(path)
-        if (plan.num_steps, plan.num_sublayers) != (S, L):
-            raise ValueError(
-                f"router {path} plans {plan.num_steps} steps x {plan.num_sublayers} sub-layers, not {S}x{L}"
-            )
-        rows.append(L2C("l2c learned schedule", Path(path).name, str(path), str(path)))
+        if plan.num_sublayers != L:
+            raise ValueError(f"router {path} plans {plan.num_sublayers} sub-layers, not flux-mnist's {L}")
+        # A schedule searched on another step count runs the sampler at its own count: caching on fewer steps.
+        if plan.num_steps == S:
+            rows.append(L2C(L2C_SCHEDULE, Path(path).name, str(path), str(path)))
+        else:
+            family = f"{L2C_SCHEDULE} on {plan.num_steps} steps"
+            rows.append(L2C(family, Path(path).name, str(path), str(path), steps=plan.num_steps))
     names = {
         "fora": "l2c FORA plan",
         "taylorseer-o1": "l2c TaylorSeer-o1 plan",
@@ -415,6 +434,11 @@ def diffusers_rows(args, bench) -> list[Method]:
     for n in args.taylorseer_sublayer_intervals:
         setting = f"interval {n} order {o}"
         rows.append(DiffusersHook("diffusers TaylorSeer (sub-layers)", setting, taylorseer(n, [DOUBLE, SINGLE])))
+    for steps in args.taylorseer_fewer_steps:
+        family = f"diffusers TaylorSeer (sub-layers) on {steps} steps"
+        for n in args.taylorseer_sublayer_intervals:
+            make = taylorseer(n, [DOUBLE, SINGLE])
+            rows.append(DiffusersHook(family, f"interval {n} order {o}", make, steps=steps))
     ratios = {}
 
     def magcache(r):
@@ -668,7 +692,7 @@ def plot(rows: list[dict], path, title: str) -> None:
                 continue
             ours = f.startswith("l2c")
             style = dict(
-                color="crimson" if f == "l2c learned schedule" else None,
+                color={L2C_SCHEDULE: "crimson"}.get(f, "darkred" if f.startswith(L2C_SCHEDULE) else None),
                 lw=2.5 if ours else 0.8,
                 ms=7 if ours else 4,
                 alpha=1.0 if ours else 0.75,
@@ -724,7 +748,7 @@ def targets(rows: list[dict]) -> list[str]:
         f"fastest row of each method at FID <= {limit:.2f} (uncached + 5 %): "
         + "; ".join(f"{r['key']} {r['speedup']:.2f}x (FID {r['fid']:.2f})" for r in ranked)
     )
-    for r in (r for r in rows if r["method"] == "l2c learned schedule" and r.get("psnr") is not None):
+    for r in (r for r in rows if r["method"].startswith(L2C_SCHEDULE) and r.get("psnr") is not None):
         rivals = [
             c for c in rows if _competitor(c) and c["speedup"] >= 0.9 * r["speedup"] and c.get("psnr") is not None
         ]

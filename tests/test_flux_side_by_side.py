@@ -36,6 +36,7 @@ DIFFUSERS = [
     "diffusers PAB",
 ]
 L2C = ["l2c FORA plan", "l2c TaylorSeer-o2 plan", "l2c learned schedule", "fewer steps"]
+FEWER = ["l2c learned schedule on 4 steps", "diffusers TaylorSeer (sub-layers) on 4 steps"]
 CACHE_DIT = ["cache-dit DBCache", "cache-dit DBCache+TaylorSeer", "cache-dit DBCache+FoCa", "cache-dit DBCache+DMD"]
 CACHE_DIT += ["cache-dit steps mask"]
 
@@ -72,8 +73,9 @@ def _router(path: Path, steps: int) -> Path:
 def setup(fsbs, tmp_path_factory):
     """(bench, rows by family, uncached latents, uncached work) shared by the adapter tests."""
     out = tmp_path_factory.mktemp("fsbs")
-    router = _router(out / "flux-6-2x.safetensors", 6)
-    args = fsbs.parse_args([*TINY, *SKIPPING, "--routers", str(router), "--masks", "ultra", "--out", str(out)])
+    routers = [str(_router(out / "flux-6-2x.safetensors", 6)), str(_router(out / "flux-s4-2x.safetensors", 4))]
+    argv = [*TINY, *SKIPPING, "--routers", *routers, "--taylorseer-fewer-steps", "4", "--masks", "ultra"]
+    args = fsbs.parse_args([*argv, "--out", str(out)])
     bench = fsbs.Bench(args)
     rows, _ = fsbs.build_rows(args, bench)
     with torch.no_grad():
@@ -101,7 +103,7 @@ def _check_adapter(fsbs, setup, family):
     assert torch.equal(restored, uncached), f"{family}: removal left the pipeline changed"
 
 
-@pytest.mark.parametrize("family", DIFFUSERS + L2C)
+@pytest.mark.parametrize("family", DIFFUSERS + L2C + FEWER)
 def test_adapter_skips_and_removes(fsbs, setup, family):
     _check_adapter(fsbs, setup, family)
 
@@ -110,6 +112,34 @@ def test_adapter_skips_and_removes(fsbs, setup, family):
 def test_cache_dit_adapter_skips_and_removes(fsbs, setup, family):
     pytest.importorskip("cache_dit")
     _check_adapter(fsbs, setup, family)
+
+
+def test_rows_on_fewer_steps_run_their_own_step_count(fsbs, setup):
+    """A schedule searched on 4 steps samples 4 steps: with every sub-layer computed it is the 4-step sampler bit for
+    bit; cached, and the TaylorSeer control on 4 steps, it runs less than the 4-step sampler."""
+    from l2c.cache.plan import CachePlan
+
+    bench, rows, _, _ = setup
+    assert rows["l2c learned schedule on 4 steps"].num_steps(bench) == 4
+    assert rows["diffusers TaylorSeer (sub-layers) on 4 steps"].num_steps(bench) == 4
+    with torch.no_grad():
+        four, four_work = fsbs.sample_all(bench, fsbs.FewerSteps(4))
+        full = fsbs.L2C("l2c learned schedule on 4 steps", "all computed", CachePlan.full(4, 10), "full", steps=4)
+        full.attach(bench)
+        try:
+            x, work = fsbs.sample_all(bench, full)
+        finally:
+            full.detach(bench)
+    assert torch.equal(x, four) and work == four_work
+    for family in FEWER:
+        method = rows[family]
+        with torch.no_grad():
+            method.attach(bench)
+            try:
+                _, cached = fsbs.sample_all(bench, method)
+            finally:
+                method.detach(bench)
+        assert cached["sublayers_per_image"] < four_work["sublayers_per_image"], family
 
 
 def test_cache_dit_leaves_the_reference_pipeline_alone(fsbs, setup):

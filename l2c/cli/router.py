@@ -113,6 +113,8 @@ def run_show(args) -> int:
         summary["predicted_on"] = f"{cost['device']}, {cost['dtype']}, batch {cost['batch']}"
     if "search_stopped" in meta:  # --search-minutes ended the schedule search early (l2c.training.deadline)
         summary["search_stopped"] = meta["search_stopped"]
+    if "reference_steps" in meta:  # searched against the uncached images of another step count (--reference-steps)
+        summary["reference_steps"] = meta["reference_steps"]
     if args.png:
         plot_router(router, threshold, args.png, title=Path(args.router).name, layout=layout)
     if args.json:

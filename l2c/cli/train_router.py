@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .common import (
@@ -108,6 +109,12 @@ def _add_search_knobs(g) -> None:
         "--search-minutes", type=float, default=None, help="stop the search after M minutes with the best plan so far"
     )
     g.add_argument(
+        "--reference-steps",
+        type=int,
+        default=None,
+        help="the search matches the uncached images of this many steps (default: --steps)",
+    )
+    g.add_argument(
         "--search-error",
         choices=["images", "samples"],
         default="images",
@@ -190,6 +197,8 @@ def schedule_config(args):
         raise ValueError(f"--search-snapshots must be >= 0, got {args.search_snapshots}")
     if args.search_minutes is not None and not (args.search_minutes > 0 and args.search_rounds):
         raise ValueError("--search-minutes needs a value > 0 and a search (--search-rounds > 0), which it bounds")
+    if args.reference_steps is not None and not (args.reference_steps >= 1 and args.search_rounds):
+        raise ValueError("--reference-steps needs a value >= 1 and a search (--search-rounds > 0), which it measures")
     return ScheduleTrainConfig(
         target_macs=target,
         action=args.action or _default_action(args),
@@ -233,11 +242,17 @@ def run_schedule(args) -> int:
         model, spec, meta = load_model(args)
     except NotConvertible:  # a DiT trained in diffusers (an embedder per block): searched on itself
         return _run_native_dit_schedule(args, config, cap)
-    sampler = sample_config(args, model, spec).make_sampler(spec)
+    sampling = sample_config(args, model, spec)
+    sampler = sampling.make_sampler(spec)
+    reference = None
+    if args.reference_steps is not None:
+        reference = replace(sampling, steps=args.reference_steps).make_sampler(spec)
     macs = profile_macs(meta["preset"])
     cost = _measured_cost(args, ClassWorkload(model, sampler, args.cfg), macs)
-    out = Path(args.out)
-    train_schedule_job(model, meta, sampler, macs, config, out, args.max_skip, max_cache_bytes=cap, cost=cost)
+    out, skip = Path(args.out), args.max_skip
+    train_schedule_job(
+        model, meta, sampler, macs, config, out, skip, max_cache_bytes=cap, cost=cost, reference_sampler=reference
+    )
     return 0
 
 
@@ -267,7 +282,8 @@ def _run_flux_schedule(args, config, cap) -> int:
     macs = workload_macs(workload)
     model, sampler = workload.model, workload.sampler
     cost = _measured_cost(args, workload, macs)
-    train_schedule_job(model, meta, sampler, macs, config, Path(args.out), args.max_skip, True, workload, cap, cost)
+    out, reference = Path(args.out), _reference_sampler(args, workload)
+    train_schedule_job(model, meta, sampler, macs, config, out, args.max_skip, True, workload, cap, cost, reference)
     return 0
 
 
@@ -280,5 +296,11 @@ def _run_native_dit_schedule(args, config, cap) -> int:
     macs = dit_macs(workload)
     cost = _measured_cost(args, workload, macs)
     model, sampler, out = workload.model, workload.sampler, Path(args.out)
-    train_schedule_job(model, meta, sampler, macs, config, out, args.max_skip, True, workload, cap, cost)
+    reference = _reference_sampler(args, workload)
+    train_schedule_job(model, meta, sampler, macs, config, out, args.max_skip, True, workload, cap, cost, reference)
     return 0
+
+
+def _reference_sampler(args, workload):
+    """The sampler of --reference-steps (the workload's own sampler at that step count), or None."""
+    return None if args.reference_steps is None else workload.with_steps(args.reference_steps).sampler

@@ -71,6 +71,7 @@ def train_schedule_job(
     workload=None,
     max_cache_bytes: float | None = None,
     cost: tuple[MacProfile, dict] | None = None,
+    reference_sampler: Sampler | None = None,
 ) -> tuple[Router, dict]:
     """Start from TaylorSeer's interval at the budget, train (gradient iterations, if any), take the plan that meets
     the budget, refine it by search along its own trajectory, write `out` (.safetensors) and `out` without suffix /
@@ -80,7 +81,9 @@ def train_schedule_job(
     class-conditional `model` with the sampler and the config's guidance. max_cache_bytes: the most a plan may store
     per image (l2c.cache.macs.plan_peak_bytes, in the model's dtype, every guidance call counted); the search skips
     plans over it. cost: a measured time profile and its record (l2c.cache.costs.measure_time_profile): the budget
-    is then `config.target_macs` of the predicted uncached *time*, and `macs` serves the reports only."""
+    is then `config.target_macs` of the predicted uncached *time*, and `macs` serves the reports only.
+    reference_sampler: what the search's errors measure against, where not the uncached run of `sampler` (another
+    step count of the same sampler: l2c.training.trajectory_error.TrajectoryError)."""
     if workload is not None and config.iterations:
         raise ValueError(
             "gradient training (--iterations) runs on class-conditional models; a diffusers transformer's schedule is "
@@ -96,8 +99,9 @@ def train_schedule_job(
         pixels = meta["pixel_space"] if "pixel_space" in meta else not is_latent(meta)
         clip = PIXEL_RANGE if config.error_on == "images" and pixels else None
         every = -(-sampler.num_steps // config.search_snapshots) if config.search_snapshots else 0
+        reference = dict(workload=workload, reference_sampler=reference_sampler)
         error = TrajectoryError(
-            model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every, workload
+            model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every, **reference
         )
     if config.action == "auto":
         config, order_errors = _choose_order(E, L, macs, config, error)
@@ -146,9 +150,9 @@ def train_schedule_job(
         blocks = group_by_block(sublayer_blocks(model))  # the sub-layers a block move shifts together
         check = screen = None
         if config.check_images:
-            check = TrajectoryError(model, sampler, scale, config.check_images, CHECK_SEED, clip, every, workload)
+            check = TrajectoryError(model, sampler, scale, config.check_images, CHECK_SEED, clip, every, **reference)
         if ranked and config.screen_images < config.search_images:  # the first of the search's seeds
-            screen = TrajectoryError(model, sampler, scale, config.screen_images, SEARCH_SEED, clip, every, workload)
+            screen = TrajectoryError(model, sampler, scale, config.screen_images, SEARCH_SEED, clip, every, **reference)
         elif ranked:
             screen = error
         if cap is not None:
@@ -281,6 +285,8 @@ def train_schedule_job(
         # the model's sub-layers (name, kind, block), so reports need not guess them without the model
         "sublayers": [[sub.name, sub.kind, sub.block] for sub in describe(model)],
     }
+    if reference_sampler is not None:  # searched against the images of another step count (--reference-steps)
+        router_meta["reference_steps"] = reference_sampler.num_evaluations // reference_sampler.evaluations_per_step
     if stopped_early is not None:  # --search-minutes ended the search: when, where and why (router show says it)
         router_meta["search_stopped"] = stopped_early
     if cost is not None:  # the measured cost model, and what it predicts for this plan
