@@ -390,10 +390,10 @@ def l2c_rows(args, bench) -> list[Method]:
             raise ValueError(f"router {path} plans {plan.num_sublayers} sub-layers, not flux-mnist's {L}")
         # A schedule searched on another step count runs the sampler at its own count: caching on fewer steps.
         if plan.num_steps == S:
-            rows.append(L2C(L2C_SCHEDULE, Path(path).name, str(path), str(path)))
+            rows.append(L2C(L2C_SCHEDULE, Path(path).name, str(path), Path(path).name))
         else:
             family = f"{L2C_SCHEDULE} on {plan.num_steps} steps"
-            rows.append(L2C(family, Path(path).name, str(path), str(path), steps=plan.num_steps))
+            rows.append(L2C(family, Path(path).name, str(path), Path(path).name, steps=plan.num_steps))
     names = {
         "fora": "l2c FORA plan",
         "taylorseer-o1": "l2c TaylorSeer-o1 plan",

@@ -164,3 +164,15 @@ HISTORY = re.compile(
 def test_no_development_history(page):
     hits = [line.strip()[:80] for line in page.read_text().splitlines() if HISTORY.search(line)]
     assert not hits, f"{rel(page)} narrates the project's development: {hits}"
+
+
+RECORDS = sorted(p for p in (ROOT / "docs").rglob("*") if p.suffix in (".md", ".json", ".txt"))
+MACHINE_PATH = re.compile(r"""["'\s(=](/(?:work|tmp|home|root|Users)/[^\s"')]*)""")
+
+
+@pytest.mark.parametrize("page", [README, *RECORDS], ids=rel)
+def test_no_path_of_the_machine_that_wrote_it(page):
+    """Results pages and records name files by their name or their path in the repository: an absolute path is one
+    machine's, which no reader has."""
+    hits = MACHINE_PATH.findall(page.read_text())
+    assert not hits, f"{rel(page)} names a path of the machine that wrote it: {hits[:3]}"

@@ -99,9 +99,9 @@ def train_schedule_job(
         pixels = meta["pixel_space"] if "pixel_space" in meta else not is_latent(meta)
         clip = PIXEL_RANGE if config.error_on == "images" and pixels else None
         every = -(-sampler.num_steps // config.search_snapshots) if config.search_snapshots else 0
-        reference = dict(workload=workload, reference_sampler=reference_sampler)
+        runs = dict(workload=workload, reference_sampler=reference_sampler)  # what every error below samples
         error = TrajectoryError(
-            model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every, **reference
+            model, sampler, config.guidance_scale, config.search_images, SEARCH_SEED, clip, every, **runs
         )
     if config.action == "auto":
         config, order_errors = _choose_order(E, L, macs, config, error)
@@ -150,9 +150,9 @@ def train_schedule_job(
         blocks = group_by_block(sublayer_blocks(model))  # the sub-layers a block move shifts together
         check = screen = None
         if config.check_images:
-            check = TrajectoryError(model, sampler, scale, config.check_images, CHECK_SEED, clip, every, **reference)
+            check = TrajectoryError(model, sampler, scale, config.check_images, CHECK_SEED, clip, every, **runs)
         if ranked and config.screen_images < config.search_images:  # the first of the search's seeds
-            screen = TrajectoryError(model, sampler, scale, config.screen_images, SEARCH_SEED, clip, every, **reference)
+            screen = TrajectoryError(model, sampler, scale, config.screen_images, SEARCH_SEED, clip, every, **runs)
         elif ranked:
             screen = error
         if cap is not None:
