@@ -83,6 +83,8 @@ def test_train_router_searches_against_the_reference_and_records_it(tmp_path, ca
     capsys.readouterr()
     assert main(["router", "show", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["reference_steps"] == reference
+    assert main(["router", "show", str(out)]) == 0
+    assert f"searched against the uncached images of {reference} steps" in capsys.readouterr().out
 
 
 def test_without_reference_steps_nothing_is_recorded(tmp_path):

@@ -124,6 +124,8 @@ def run_show(args) -> int:
         if "search_stopped" in summary:
             stopped = summary["search_stopped"]
             print(f"search stopped early after {stopped['after_minutes']:.1f} min: {stopped['reason']}")
+        if "reference_steps" in summary:
+            print(f"searched against the uncached images of {summary['reference_steps']} steps (--reference-steps)")
         if args.png:
             print(f"wrote {args.png}")
     return 0
