@@ -40,7 +40,7 @@ from .timing import time_runs
 # The learned schedules the demo shows beside the router it trains: trained by the project on the bundled model and
 # committed, because the search takes minutes (commands and measured results: docs/benchmarks.md, "Past the 2x cap").
 #   dit-mnist: l2c train-router --model dit-mnist --steps 20 --target-macs 0.365   (from TaylorSeer N = 3, order 2)
-#   flux-mnist: l2c train-router --model flux-mnist --target-macs 0.35 --search-rounds 0 --search-images 16
+#   flux-mnist: l2c train-router --model flux-mnist --target-speedup 2.5 --cost-batch 64 --search-minutes 4
 #               (its defaults: flow-matching Euler, 28 steps, true CFG 2; docs/models/flux-mnist.md)
 SCHEDULES = {
     "dit-mnist": "dit-mnist-schedule-ddim20.safetensors",
