@@ -13,7 +13,6 @@ import torch
 from l2c.cache.plan import REUSE, CachePlan
 from l2c.cli import main
 from l2c.jobs.generate import SampleConfig
-from l2c.models import create_model
 from l2c.router.files import load_router
 from l2c.sampling.diffusion import default_spec
 from l2c.training.trajectory_error import TrajectoryError, per_image_mse
@@ -22,16 +21,8 @@ TINY = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "6", 
 SEARCH = ["--search-rounds", "1", "--search-images", "2", "--check-images", "2"]
 
 
-def tiny():
-    torch.manual_seed(0)
-    model = create_model("DiT-tiny").double().eval().requires_grad_(False)
-    for p in model.parameters():
-        p.data.normal_(0, 0.2)
-    return model
-
-
-def test_the_error_measures_against_the_reference_step_count():
-    model, spec = tiny(), default_spec("dit")
+def test_the_error_measures_against_the_reference_step_count(random_dit):
+    model, spec = random_dit, default_spec("dit")
     six, nine = (SampleConfig(sampler="ddim", steps=n).make_sampler(spec) for n in (6, 9))
     own = TrajectoryError(model, six, 1.5, 3, seed=5, resume_every=0)
     same = TrajectoryError(model, six, 1.5, 3, seed=5, resume_every=0, reference_sampler=six)

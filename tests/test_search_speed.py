@@ -14,20 +14,11 @@ from l2c.cache.macs import profile_macs
 from l2c.cache.plan import COMPUTE, FORECAST2, CachePlan
 from l2c.cli import main
 from l2c.jobs.generate import SampleConfig
-from l2c.models import create_model
 from l2c.router.files import load_router
 from l2c.sampling.diffusion import default_spec
 from l2c.training.deadline import Deadline
 from l2c.training.ranked_search import apply_move, grow_ranked, keyed_moves, refine_ranked, trim_ranked
 from l2c.training.schedule_search import TrajectoryError, _moves, grow_to_budget, refine, trim_to_budget
-
-
-def tiny():
-    torch.manual_seed(0)
-    model = create_model("DiT-tiny").double().eval().requires_grad_(False)
-    for p in model.parameters():
-        p.data.normal_(0, 0.2)
-    return model
 
 
 def interval_table(E, L, every, start=0):
@@ -196,10 +187,10 @@ def test_a_trim_the_deadline_interrupts_still_meets_the_budget(trim, ticks):
     assert value is None and deadline.stopped["phase"] == "the trimmed start"
 
 
-def test_the_exhaustive_search_is_unchanged_by_a_deadline_that_does_not_pass():
+def test_the_exhaustive_search_is_unchanged_by_a_deadline_that_does_not_pass(random_dit):
     """The deadline's checks change nothing until it passes: the exhaustive search (with its trim and check set, on
     real sampling runs) finds the same schedule, errors and check errors with and without one."""
-    model, spec = tiny(), default_spec("dit")
+    model, spec = random_dit, default_spec("dit")
     sampler = SampleConfig(sampler="ddim", steps=9).make_sampler(spec)
     macs = profile_macs("DiT-tiny")
     results = []
@@ -217,10 +208,10 @@ def test_the_exhaustive_search_is_unchanged_by_a_deadline_that_does_not_pass():
     assert len(r0.errors) > 1
 
 
-def test_the_ranked_search_on_sampling_runs_keeps_moves_and_costs_fewer_whole_runs():
+def test_the_ranked_search_on_sampling_runs_keeps_moves_and_costs_fewer_whole_runs(random_dit):
     """On real sampling runs (tiny DiT, 9 DDIM steps): the ranked search lowers the held-out error, and measures
     fewer candidates on the whole held-out set than the exhaustive one; its screen uses the first seeds of that set."""
-    model, spec = tiny(), default_spec("dit")
+    model, spec = random_dit, default_spec("dit")
     sampler = SampleConfig(sampler="ddim", steps=9).make_sampler(spec)
     start = interval_table(9, 4, 3)
     error = TrajectoryError(model, sampler, 1.5, 2, seed=0, resume_every=2)
