@@ -248,13 +248,14 @@ class Method:
     """One row: attach() before its runs, run() around each pipeline call, detach() after. The base is uncached."""
 
     family, setting, config = "uncached", "-", None
+    steps: int | None = None  # the sampler's step count where not the benchmark's --steps
 
     @property
     def key(self) -> str:
         return f"{self.family} | {self.setting}"
 
     def num_steps(self, bench) -> int:
-        return bench.steps
+        return self.steps or bench.steps
 
     def attach(self, bench) -> None:
         pass
@@ -277,17 +278,11 @@ class FewerSteps(Method):
     def __init__(self, steps: int):
         self.steps, self.family, self.setting = steps, "fewer steps", f"{steps} steps"
 
-    def num_steps(self, bench):
-        return self.steps
-
 
 class L2C(Method):
     def __init__(self, family: str, setting: str, router_or_plan, config: str, steps: int | None = None):
         self.family, self.setting, self.target, self.config = family, setting, router_or_plan, config
         self.steps = steps
-
-    def num_steps(self, bench):
-        return self.steps or bench.steps
 
     def attach(self, bench):
         self.handle = apply(bench.pipe, self.target)  # steps counted from the pipeline's own scheduler
@@ -301,9 +296,6 @@ class DiffusersHook(Method):
 
     def __init__(self, family: str, setting: str, make_config, steps: int | None = None):
         self.family, self.setting, self.make_config, self.steps = family, setting, make_config, steps
-
-    def num_steps(self, bench):
-        return self.steps or bench.steps
 
     def attach(self, bench):
         config = self.make_config(bench)
