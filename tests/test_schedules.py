@@ -382,9 +382,9 @@ def test_search_error_flag_reaches_the_search(tmp_path, monkeypatch, flag, clipp
     clips = []
 
     class Recording(job.TrajectoryError):
-        def __init__(self, *args):
+        def __init__(self, *args, **kwargs):
             clips.append(args[5])
-            super().__init__(*args)
+            super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(job, "TrajectoryError", Recording)
     args = ["train-router", "--model", "DiT-tiny", "--random-init", "--steps", "6", "--target-macs", "0.5"]
@@ -530,8 +530,8 @@ def test_search_snapshots_flag_sets_how_often_candidates_can_resume(tmp_path, mo
     made = []
 
     class Recording(job.TrajectoryError):
-        def __init__(self, *args):
-            super().__init__(*args)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             made.append(self)
 
     monkeypatch.setattr(job, "TrajectoryError", Recording)
@@ -688,7 +688,9 @@ def test_a_time_budget_schedule_is_a_sweep_point_running_its_own_plan(tmp_path):
 
     out = tmp_path / "t.safetensors"
     args = ["--model", "DiT-tiny", "--random-init", "--steps", "6", "--out", str(out), "--search-rounds", "0"]
-    assert main(["train-router", *args, "--target-speedup", "1.05", "--cost-batch", "8"]) == 0
+    # At 64 images per call the fixed cost of a call is about 0.4 of DiT-tiny's evaluation (0.6 at 8): a loaded CPU
+    # that inflates it cannot put 1.05x out of reach of evaluation 0 and the forecasts' cap.
+    assert main(["train-router", *args, "--target-speedup", "1.05", "--cost-batch", "64"]) == 0
     router, meta = load_router(out)
     assert meta["target_macs"] is None
     macs = profile_macs("DiT-tiny")
