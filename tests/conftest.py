@@ -27,3 +27,27 @@ def random_dit():
     for p in model.parameters():
         p.data.normal_(0, 0.2)
     return model
+
+
+@pytest.fixture(scope="module")
+def load_benchmark():
+    """load_benchmark("name"): benchmarks/name.py imported as the module `name` for one test file, forgotten after it
+    (registered while it runs: dataclasses look their module up while a class is built)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    loaded = []
+
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        loaded.append(name)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)

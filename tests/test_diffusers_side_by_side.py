@@ -6,9 +6,7 @@ step after the first computes the 12 of step 0 plus block 0's two sub-layers at 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,6 @@ import torch
 
 pytest.importorskip("diffusers")
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "diffusers_side_by_side.py"
 TINY = ["--images", "8", "--batch-size", "8", "--steps", "4", "--repeats", "1", "--latency-batch", "4"]
 TINY += ["--n-boot", "20"]
 ROW_KEYS = {
@@ -48,13 +45,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def sbs():
-    spec = importlib.util.spec_from_file_location("diffusers_side_by_side", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def sbs(load_benchmark):
+    return load_benchmark("diffusers_side_by_side")
 
 
 def _router(path: Path, steps: int) -> Path:

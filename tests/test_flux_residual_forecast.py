@@ -4,27 +4,16 @@ block's output alone (the residual stream), the output norm and head run at the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")  # FluxPipeline imports it
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "flux_residual_forecast.py"
-
 
 @pytest.fixture(scope="module")
-def frf():
-    spec = importlib.util.spec_from_file_location("flux_residual_forecast", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def frf(load_benchmark):
+    return load_benchmark("flux_residual_forecast")
 
 
 def test_hook_evaluations_follow_the_hooks_rule(frf):

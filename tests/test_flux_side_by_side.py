@@ -7,9 +7,7 @@ settings are chosen so that every adaptive tool caches at 6 steps: thresholds hi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")  # FluxPipeline imports it
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "flux_side_by_side.py"
 TINY = ["--images", "4", "--batch-size", "4", "--steps", "6", "--repeats", "1", "--latency-batch", "2"]
 TINY += ["--n-boot", "10"]
 # Thresholds and warm-ups at which every adaptive tool caches within 6 steps
@@ -50,13 +47,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def fsbs():
-    spec = importlib.util.spec_from_file_location("flux_side_by_side", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def fsbs(load_benchmark):
+    return load_benchmark("flux_side_by_side")
 
 
 def _router(path: Path, steps: int) -> Path:
