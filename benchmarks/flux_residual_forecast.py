@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent  # the side by side's pipeline, rows and images, reused as they are
-_spec = importlib.util.spec_from_file_location("flux_side_by_side", HERE / "flux_side_by_side.py")
-fsbs = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = fsbs
-_spec.loader.exec_module(fsbs)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flux_side_by_side as fsbs  # noqa: E402  (the side by side's pipeline, rows and images, reused as they are)
 
 # The evaluations l2c's 14-step 1.5x schedule computes (the table's flux-mnist-s14-1.5x.safetensors).
 L2C_EVALUATIONS = (0, 2, 4, 5, 6, 8, 10, 12)

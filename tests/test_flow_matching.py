@@ -134,16 +134,7 @@ def test_sampler_with_flux_denoiser_equals_fluxpipeline(cfg):
         negative_pooled_prompt_embeds=torch.randn(2, 32, generator=g),
     )
     seeds, steps, size = [7, 8], 5, 64  # 64 px with vae_scale_factor 8: latent 1 x 8 x 8, 16 packed tokens
-    expected = pipe(
-        **prompts,
-        true_cfg_scale=cfg,
-        height=size,
-        width=size,
-        num_inference_steps=steps,
-        generator=[torch.Generator().manual_seed(s) for s in seeds],
-        output_type="latent",
-        return_dict=False,
-    )[0]
+    expected = pipe(**prompts, true_cfg_scale=cfg, **_plain(steps, size, seeds))[0]
     noise = torch.cat([torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in seeds])
     x = flux_mnist.pack_latents(noise)
     spec = DiffusionSpec(scheduler_config=scheduler.to_json_string())
